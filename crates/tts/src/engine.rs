@@ -1,0 +1,91 @@
+//! The engine contract: synchronous and step-wise, so the host can interleave
+//! many syntheses on one thread and check cancellation between steps.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// What a loaded engine says about itself (reported by ListModels/GetCapabilities).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelDescriptor {
+    pub model_id: String,
+    pub family: String,
+    pub languages: Vec<String>,
+    /// Rate of the samples `Synthesis::step` returns.
+    pub sample_rate_hz: u32,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Per-utterance parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SynthesisParams {
+    /// Speaking-rate multiplier, 1.0 = the engine's normal rate.
+    pub speed: f32,
+    /// Voice within the model; `None` = default.
+    pub voice: Option<String>,
+}
+
+impl Default for SynthesisParams {
+    fn default() -> Self {
+        Self { speed: 1.0, voice: None }
+    }
+}
+
+/// Result of one step of a synthesis.
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    /// Newly synthesized samples at the engine's rate.
+    Audio(Vec<i16>),
+    /// Everything pushed so far is spoken; more text may follow.
+    NeedText,
+    /// Nothing to do before this instant (the host parks until then).
+    NotBefore(Instant),
+    /// All text is spoken and no more will come.
+    Done,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid engine option {name}: {reason}")]
+    InvalidOption { name: &'static str, reason: String },
+    #[error("voice {0:?} not found")]
+    VoiceNotFound(String),
+    #[error("engine sample rate {0} Hz is not supported by the host yet")]
+    UnsupportedRate(u32),
+    #[error("synthesis failed: {0}")]
+    Failed(String),
+}
+
+/// A loaded model. Lives on one host thread; `start` is called there.
+pub trait Engine: Send {
+    fn descriptor(&self) -> &ModelDescriptor;
+
+    /// Runs a short synthesis so the first real request is not slow.
+    fn warm_up(&mut self) -> Result<(), EngineError> {
+        let mut s = self.start(&SynthesisParams::default())?;
+        s.push_text("Warm up.");
+        s.finish_text();
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match s.step(Instant::now())? {
+                Step::Done => return Ok(()),
+                Step::NotBefore(t) => std::thread::sleep(t.saturating_duration_since(Instant::now())),
+                Step::Audio(_) | Step::NeedText => {}
+            }
+            if Instant::now() > deadline {
+                return Err(EngineError::Failed("warm-up did not finish in 30 s".into()));
+            }
+        }
+    }
+
+    /// Begins one utterance. Text is pushed into the returned synthesis.
+    fn start(&mut self, params: &SynthesisParams) -> Result<Box<dyn Synthesis>, EngineError>;
+}
+
+/// One utterance in progress. Each `step` should do a bounded amount of work
+/// (about one frame's worth) so cancellation is noticed quickly.
+pub trait Synthesis: Send {
+    fn push_text(&mut self, text: &str);
+    /// No more text will be pushed.
+    fn finish_text(&mut self);
+    fn step(&mut self, now: Instant) -> Result<Step, EngineError>;
+}

@@ -1,0 +1,17 @@
+//! Text-to-speech engines behind one synchronous, step-wise trait, and the host
+//! that runs them on OS threads they own (never on the async runtime).
+//!
+//! - [`engine`]: the [`Engine`] / [`Synthesis`] traits every engine implements.
+//! - [`host`]: [`EngineHost`] steps many syntheses on its threads, frames their
+//!   audio into 20 ms wire frames and honours pause and cancellation per job.
+//! - [`mock`]: a deterministic, speech-like engine with configurable latency and speed.
+//! - [`config`]: the tagged engine configuration used by the worker.
+
+pub mod config;
+pub mod engine;
+pub mod host;
+pub mod mock;
+
+pub use config::EngineConfig;
+pub use engine::{Engine, EngineError, ModelDescriptor, Step, Synthesis, SynthesisParams};
+pub use host::{EngineHost, HostError, Job, JobEvent, JobHandle, Outcome};

@@ -1,0 +1,217 @@
+//! Worker configuration (`configs/worker.yaml`): typed, unknown keys rejected,
+//! environment overrides applied in one place.
+
+use std::path::Path;
+
+use duplex_telemetry::LogConfig;
+use duplex_tts::EngineConfig;
+use duplex_tts::mock::MockConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Name this worker goes by (`worker:<name>` in the registry).
+    pub name: String,
+    pub grpc: GrpcConfig,
+    /// Model used when a session names none.
+    pub default_model: String,
+    /// Models loaded (and warmed) before the worker reports SERVING.
+    pub preload: Vec<String>,
+    /// Every model this worker can serve.
+    pub models: Vec<EngineConfig>,
+    pub limits: Limits,
+    /// After SIGTERM: how long open streams may finish before they are stopped.
+    pub shutdown_grace_ms: u64,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Sessions open at once; StartSession beyond this is RESOURCE_EXHAUSTED.
+    pub max_sessions: usize,
+    /// Characters in one utterance; beyond this the stream fails with RESOURCE_EXHAUSTED.
+    pub max_text_chars: usize,
+    /// Utterances received but not yet fully sent, per stream.
+    pub max_pending_utterances: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: "worker-0".into(),
+            grpc: GrpcConfig::default(),
+            default_model: "mock".into(),
+            preload: vec!["mock".into()],
+            models: vec![EngineConfig::Mock(MockConfig::default())],
+            limits: Limits::default(),
+            shutdown_grace_ms: 5_000,
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self { host: "0.0.0.0".into(), port: 7001 }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_sessions: 1_000, max_text_chars: 10_000, max_pending_utterances: 16 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config {path}: {source}")]
+    Parse { path: String, source: serde_yaml::Error },
+    #[error("invalid environment variable {name}={value:?}: {reason}")]
+    Env { name: &'static str, value: String, reason: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// Environment variables that override the file (documented in docs/CONFIG.md).
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("WORKER_NAME", "name"),
+    ("WORKER_HOST", "grpc.host"),
+    ("WORKER_PORT", "grpc.port"),
+    ("DEFAULT_MODEL", "default_model"),
+    ("MAX_CONCURRENT_SESSIONS", "limits.max_sessions"),
+    ("LOG_LEVEL", "log.level"),
+    ("LOG_FORMAT", "log.format"),
+];
+
+impl Config {
+    /// Reads the file (or the defaults when `path` is `None`), then applies the environment.
+    pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+                Self::parse(&text).map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?
+            }
+            None => Self::default(),
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, serde_yaml::Error> {
+        serde_yaml::from_str(text)
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parsed<T: std::str::FromStr>(name: &'static str, value: String) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            value.parse().map_err(|e: T::Err| ConfigError::Env { name, reason: e.to_string(), value })
+        }
+        if let Some(v) = env("WORKER_NAME") {
+            self.name = v;
+        }
+        if let Some(v) = env("WORKER_HOST") {
+            self.grpc.host = v;
+        }
+        if let Some(v) = env("WORKER_PORT") {
+            self.grpc.port = parsed("WORKER_PORT", v)?;
+        }
+        if let Some(v) = env("DEFAULT_MODEL") {
+            self.default_model = v;
+        }
+        if let Some(v) = env("MAX_CONCURRENT_SESSIONS") {
+            self.limits.max_sessions = parsed("MAX_CONCURRENT_SESSIONS", v)?;
+        }
+        if let Some(v) = env("LOG_LEVEL") {
+            self.log.level = v.to_lowercase();
+        }
+        if let Some(v) = env("LOG_FORMAT") {
+            self.log.format = serde_yaml::from_str(&v)
+                .map_err(|_| ConfigError::Env { name: "LOG_FORMAT", value: v, reason: "expected text or json".into() })?;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let known = |id: &str| self.models.iter().any(|m| m.model_id() == id);
+        if self.models.is_empty() {
+            return Err(ConfigError::Invalid("models: at least one model is required".into()));
+        }
+        let mut ids: Vec<&str> = self.models.iter().map(|m| m.model_id()).collect();
+        ids.sort_unstable();
+        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ConfigError::Invalid(format!("models: model_id {:?} appears twice", w[0])));
+        }
+        if !known(&self.default_model) {
+            return Err(ConfigError::Invalid(format!(
+                "default_model {:?} is not one of the models ({})",
+                self.default_model,
+                ids.join(", ")
+            )));
+        }
+        if let Some(p) = self.preload.iter().find(|p| !known(p)) {
+            return Err(ConfigError::Invalid(format!("preload: {p:?} is not one of the models ({})", ids.join(", "))));
+        }
+        if self.limits.max_sessions == 0 || self.limits.max_text_chars == 0 || self.limits.max_pending_utterances == 0 {
+            return Err(ConfigError::Invalid("limits: every limit must be > 0".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_parses() {
+        let text = include_str!("../../../configs/worker.yaml");
+        let c = Config::parse(text).expect("configs/worker.yaml parses");
+        c.validate().expect("and is valid");
+        assert_eq!(c.grpc.port, 7001);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = Config::parse("grpc:\n  prot: 7001\n").unwrap_err().to_string();
+        assert!(err.contains("prot"), "{err}");
+        let err = Config::parse("models:\n  - engine: mock\n    ms_per_chr: 3\n").unwrap_err().to_string();
+        assert!(err.contains("ms_per_chr"), "{err}");
+        let err = Config::parse("models:\n  - engine: nope\n").unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_and_bad_values() {
+        let env = |k: &str| match k {
+            "WORKER_PORT" => Some("7002".to_string()),
+            "LOG_FORMAT" => Some("json".to_string()),
+            _ => None,
+        };
+        let c = Config::load(None, env).unwrap();
+        assert_eq!(c.grpc.port, 7002);
+        assert_eq!(c.log.format, duplex_telemetry::LogFormat::Json);
+        let bad = Config::load(None, |k| (k == "WORKER_PORT").then(|| "seventy".to_string()));
+        assert!(matches!(bad, Err(ConfigError::Env { name: "WORKER_PORT", .. })));
+    }
+
+    #[test]
+    fn default_model_must_exist() {
+        let c = Config { default_model: "nope".into(), ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("nope"));
+    }
+}
