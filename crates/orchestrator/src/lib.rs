@@ -1,0 +1,21 @@
+//! The Duplex orchestrator: accepts WebSocket sessions, sends their text to
+//! a TTS worker over gRPC and plays the audio back paced in real time.
+//!
+//! - [`config`]: `configs/orchestrator.yaml` and environment overrides.
+//! - [`protocol`]: the typed WebSocket messages and binary frame header.
+//! - [`playout`]: the paced, pausable, flushable playout queue.
+//! - [`session`]: one session's task.
+//! - [`worker`]: the gRPC client side (shared connection, per-session stream).
+//! - [`metrics`]: Prometheus metrics.
+//! - [`server`]: routes, probes, graceful shutdown.
+
+pub mod config;
+pub mod metrics;
+pub mod playout;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod worker;
+
+pub use config::Config;
+pub use server::{Handle, run, spawn};

@@ -18,6 +18,20 @@ impl EngineConfig {
         }
     }
 
+    /// Languages the model speaks, as configured.
+    pub fn languages(&self) -> &[String] {
+        match self {
+            EngineConfig::Mock(c) => &c.languages,
+        }
+    }
+
+    /// Engine family name, as ListModels reports it.
+    pub fn family(&self) -> &'static str {
+        match self {
+            EngineConfig::Mock(_) => "mock",
+        }
+    }
+
     /// Threads the host runs this model on.
     pub fn threads(&self) -> usize {
         match self {

@@ -1,0 +1,19 @@
+//! The Duplex TTS worker: a tonic gRPC server (`tts.TTSService`, health,
+//! reflection) over engines running on their own threads.
+//!
+//! - [`config`]: `configs/worker.yaml` and its environment overrides.
+//! - [`models`]: configured vs loaded models, load/unload/reload.
+//! - [`session`]: per-session pause / stop / close.
+//! - [`synth`]: one Synthesize stream (reader and writer tasks).
+//! - [`service`]: the RPC handlers and their status codes.
+//! - [`server`]: bind, health, warm-up, graceful shutdown.
+
+pub mod config;
+pub mod models;
+pub mod server;
+pub mod service;
+pub mod session;
+pub mod synth;
+
+pub use config::Config;
+pub use server::{Handle, run, spawn};

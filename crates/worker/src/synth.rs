@@ -251,6 +251,7 @@ impl Writer {
         };
         let mut paused_rx = session.subscribe_paused();
         let mut stops_rx = session.subscribe_stops();
+        let out_tx = self.out_tx.clone();
         // A frame taken from the job but not yet sent, and whether it ends the utterance.
         let mut pending: Option<(Vec<u8>, Option<(EndReason, String)>)> = None;
         let result = loop {
@@ -265,7 +266,7 @@ impl Writer {
                 _ = stops_rx.changed() => {}
                 _ = paused_rx.changed() => {}
                 _ = session.closed.cancelled() => {}
-                permit = self.out_tx.reserve(), if pending.is_some() && !paused => {
+                permit = out_tx.reserve(), if pending.is_some() && !paused => {
                     let Ok(permit) = permit else { break Err(ClientGone) };
                     let (audio, end) = pending.take().expect("guarded");
                     let last = end.is_some();

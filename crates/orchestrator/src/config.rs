@@ -1,0 +1,280 @@
+//! Orchestrator configuration (`configs/orchestrator.yaml`): typed, unknown
+//! keys rejected, environment overrides applied in one place.
+
+use std::path::Path;
+
+use duplex_telemetry::LogConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub transport: Transport,
+    /// Second listener with /health, /ready and /metrics only (the predecessor's 8081).
+    pub health: Listen,
+    pub routing: Routing,
+    pub session: SessionLimits,
+    pub playout: PlayoutConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Transport {
+    pub websocket: WebSocketConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    pub host: String,
+    pub port: u16,
+    /// Largest client message answered normally; larger ones get INVALID_MESSAGE.
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    pub enabled: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Routing {
+    /// The worker every session uses (`grpc://host:port`).
+    pub static_worker_addr: String,
+    /// Model requested for sessions; empty = the worker's default.
+    pub default_model: String,
+    pub connect_timeout_ms: u64,
+    /// No frame for this long while an utterance is playing = worker unavailable.
+    pub stall_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionLimits {
+    /// Concurrent WebSocket sessions; more are answered BUSY.
+    pub max_sessions: usize,
+    /// A session with no client message and nothing playing for this long is closed.
+    pub idle_timeout_ms: u64,
+    pub max_duration_ms: u64,
+    /// Characters in one text message.
+    pub max_text_chars: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlayoutConfig {
+    /// Frames sent ahead of real time: the client's buffer, and what still plays after PAUSE.
+    pub lookahead_frames: u32,
+    /// Frames held in the orchestrator before it stops reading the worker.
+    pub queue_frames: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            transport: Transport::default(),
+            health: Listen { enabled: true, host: "0.0.0.0".into(), port: 8081 },
+            routing: Routing::default(),
+            session: SessionLimits::default(),
+            playout: PlayoutConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Self { websocket: WebSocketConfig { host: "0.0.0.0".into(), port: 8080, max_message_bytes: 64 * 1024 } }
+    }
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Transport::default().websocket
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Config::default().health
+    }
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Self {
+            static_worker_addr: "grpc://127.0.0.1:7001".into(),
+            default_model: String::new(),
+            connect_timeout_ms: 2_000,
+            stall_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self { max_sessions: 1_000, idle_timeout_ms: 300_000, max_duration_ms: 3_600_000, max_text_chars: 5_000 }
+    }
+}
+
+impl Default for PlayoutConfig {
+    fn default() -> Self {
+        Self { lookahead_frames: 1, queue_frames: 8 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config {path}: {source}")]
+    Parse { path: String, source: serde_yaml::Error },
+    #[error("invalid environment variable {name}={value:?}: {reason}")]
+    Env { name: &'static str, value: String, reason: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// Environment variables that override the file, and the key each sets.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("ORCHESTRATOR_WS_HOST", "transport.websocket.host"),
+    ("ORCHESTRATOR_WS_PORT", "transport.websocket.port"),
+    ("ORCHESTRATOR_HEALTH_PORT", "health.port"),
+    ("TTS_WORKER_ADDR", "routing.static_worker_addr"),
+    ("DEFAULT_MODEL", "routing.default_model"),
+    ("MAX_CONCURRENT_SESSIONS", "session.max_sessions"),
+    ("SESSION_IDLE_TIMEOUT_S", "session.idle_timeout_ms (in seconds)"),
+    ("LOG_LEVEL", "log.level"),
+    ("LOG_FORMAT", "log.format"),
+];
+
+impl Config {
+    pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+                Self::parse(&text).map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?
+            }
+            None => Self::default(),
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, serde_yaml::Error> {
+        serde_yaml::from_str(text)
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parsed<T: std::str::FromStr>(name: &'static str, value: String) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            value.parse().map_err(|e: T::Err| ConfigError::Env { name, reason: e.to_string(), value })
+        }
+        if let Some(v) = env("ORCHESTRATOR_WS_HOST") {
+            self.transport.websocket.host = v;
+        }
+        if let Some(v) = env("ORCHESTRATOR_WS_PORT") {
+            self.transport.websocket.port = parsed("ORCHESTRATOR_WS_PORT", v)?;
+        }
+        if let Some(v) = env("ORCHESTRATOR_HEALTH_PORT") {
+            self.health.port = parsed("ORCHESTRATOR_HEALTH_PORT", v)?;
+        }
+        if let Some(v) = env("TTS_WORKER_ADDR") {
+            self.routing.static_worker_addr = v;
+        }
+        if let Some(v) = env("DEFAULT_MODEL") {
+            self.routing.default_model = v;
+        }
+        if let Some(v) = env("MAX_CONCURRENT_SESSIONS") {
+            self.session.max_sessions = parsed("MAX_CONCURRENT_SESSIONS", v)?;
+        }
+        if let Some(v) = env("SESSION_IDLE_TIMEOUT_S") {
+            self.session.idle_timeout_ms = parsed::<u64>("SESSION_IDLE_TIMEOUT_S", v)?.saturating_mul(1000);
+        }
+        if let Some(v) = env("LOG_LEVEL") {
+            self.log.level = v.to_lowercase();
+        }
+        if let Some(v) = env("LOG_FORMAT") {
+            self.log.format = serde_yaml::from_str(&v)
+                .map_err(|_| ConfigError::Env { name: "LOG_FORMAT", value: v, reason: "expected text or json".into() })?;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        worker_uri(&self.routing.static_worker_addr)?;
+        let s = &self.session;
+        if s.max_sessions == 0 || s.idle_timeout_ms == 0 || s.max_duration_ms == 0 || s.max_text_chars == 0 {
+            return Err(ConfigError::Invalid("session: every limit must be > 0".into()));
+        }
+        if self.playout.queue_frames == 0 {
+            return Err(ConfigError::Invalid("playout.queue_frames must be > 0".into()));
+        }
+        if self.transport.websocket.max_message_bytes < 1024 {
+            return Err(ConfigError::Invalid("transport.websocket.max_message_bytes must be >= 1024".into()));
+        }
+        Ok(())
+    }
+}
+
+/// `grpc://host:port` (or `http://`, or a bare `host:port`) as the URI tonic dials.
+pub fn worker_uri(addr: &str) -> Result<String, ConfigError> {
+    let rest = addr.strip_prefix("grpc://").or_else(|| addr.strip_prefix("http://")).unwrap_or(addr);
+    let valid = rest.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !valid || rest.contains('/') {
+        return Err(ConfigError::Invalid(format!(
+            "routing.static_worker_addr {addr:?}: expected grpc://host:port, e.g. grpc://localhost:7001"
+        )));
+    }
+    Ok(format!("http://{rest}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_parses() {
+        let c = Config::parse(include_str!("../../../configs/orchestrator.yaml")).expect("parses");
+        c.validate().expect("valid");
+        assert_eq!(c.transport.websocket.port, 8080);
+        assert_eq!(c.health.port, 8081);
+    }
+
+    #[test]
+    fn typos_are_named() {
+        let e = Config::parse("routing:\n  static_worker_adr: x\n").unwrap_err().to_string();
+        assert!(e.contains("static_worker_adr"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides() {
+        let c = Config::load(None, |k| match k {
+            "ORCHESTRATOR_WS_PORT" => Some("9000".into()),
+            "TTS_WORKER_ADDR" => Some("grpc://tts:7002".into()),
+            "SESSION_IDLE_TIMEOUT_S" => Some("60".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.transport.websocket.port, 9000);
+        assert_eq!(c.routing.static_worker_addr, "grpc://tts:7002");
+        assert_eq!(c.session.idle_timeout_ms, 60_000);
+    }
+
+    #[test]
+    fn worker_addresses() {
+        assert_eq!(worker_uri("grpc://localhost:7001").unwrap(), "http://localhost:7001");
+        assert_eq!(worker_uri("127.0.0.1:7001").unwrap(), "http://127.0.0.1:7001");
+        assert!(worker_uri("localhost").is_err());
+        assert!(worker_uri("grpc://:7001").is_err());
+    }
+}

@@ -1,0 +1,305 @@
+//! The WebSocket protocol: typed client and server messages (the predecessor's
+//! JSON protocol plus Duplex extensions), error codes, and the binary audio
+//! frame header.
+//!
+//! Binary server frames (when the session's `audio_format` is `binary`):
+//! `[kind u8 = 1][version u8 = 1][flags u16 LE][utterance_id u32 LE][sequence u64 LE]`
+//! followed by s16le mono PCM at the session's sample rate. Flag bit 0 marks
+//! the last audio frame of an utterance.
+
+use serde::{Deserialize, Serialize};
+
+/// Binary frame kind: TTS audio, server to client.
+pub const KIND_TTS_AUDIO: u8 = 1;
+/// Binary frame kind: microphone audio, client to server (reserved).
+pub const KIND_MIC_AUDIO: u8 = 2;
+pub const BINARY_VERSION: u8 = 1;
+pub const BINARY_HEADER_BYTES: usize = 16;
+pub const FLAG_LAST_IN_UTTERANCE: u16 = 1;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AudioFormat {
+    /// `{"type":"audio","pcm":<base64>}` text frames (the predecessor's form).
+    #[default]
+    Json,
+    /// Binary frames with the header above.
+    Binary,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Command {
+    Pause,
+    Resume,
+    Stop,
+}
+
+/// Messages a client sends.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// Text to speak. `is_final: false` streams more text into the same utterance.
+    Text {
+        text: String,
+        #[serde(default = "default_true")]
+        is_final: bool,
+    },
+    Control { command: Command },
+    /// Session settings; may be sent at any time.
+    Config {
+        #[serde(default)]
+        audio_format: Option<AudioFormat>,
+    },
+    Ping {
+        #[serde(default)]
+        id: Option<u64>,
+    },
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The predecessor's five codes plus `BUSY`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    InvalidMessage,
+    WorkerUnavailable,
+    SynthesisFailed,
+    ConnectionError,
+    InternalError,
+    Busy,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidMessage => "INVALID_MESSAGE",
+            ErrorCode::WorkerUnavailable => "WORKER_UNAVAILABLE",
+            ErrorCode::SynthesisFailed => "SYNTHESIS_FAILED",
+            ErrorCode::ConnectionError => "CONNECTION_ERROR",
+            ErrorCode::InternalError => "INTERNAL_ERROR",
+            ErrorCode::Busy => "BUSY",
+        }
+    }
+}
+
+/// How an utterance ended, as told to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    Completed,
+    Stopped,
+    Empty,
+    Error,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Completed => "completed",
+            EndReason::Stopped => "stopped",
+            EndReason::Empty => "empty",
+            EndReason::Error => "error",
+        }
+    }
+}
+
+/// Messages the server sends (as JSON text frames).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    SessionStart {
+        session_id: String,
+        sample_rate: u32,
+        frame_ms: u32,
+        audio_format: AudioFormat,
+        protocol_version: u32,
+    },
+    Audio {
+        pcm: String,
+        sample_rate: u32,
+        frame_ms: u32,
+        sequence: u64,
+        utterance_id: u64,
+    },
+    /// The last audio of an utterance has been sent (or it was stopped or failed).
+    UtteranceEnd { utterance_id: u64, reason: EndReason, frames: u64 },
+    /// A control command took effect; `last_sequence` is the last audio frame sent before it.
+    ControlAck { command: Command, last_sequence: u64 },
+    Config { audio_format: AudioFormat },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+    SessionEnd { session_id: String, reason: String },
+}
+
+impl ServerMessage {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMessage::Error { code, message: message.into(), retry_after_ms: None }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server messages always serialize")
+    }
+}
+
+/// Why a client message was rejected (sent back as `INVALID_MESSAGE`).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecodeError {
+    #[error("message is not valid UTF-8")]
+    Utf8,
+    #[error("message of {size} bytes exceeds the limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("microphone audio is not accepted by this server yet")]
+    AudioInput,
+    #[error("unknown binary frame kind {0}")]
+    UnknownBinary(u8),
+    #[error("empty binary frame")]
+    EmptyBinary,
+    #[error("invalid message: {0}")]
+    Json(String),
+}
+
+/// Parses a text frame's JSON into a client message.
+pub fn decode_text(text: &str, limit: usize) -> Result<ClientMessage, DecodeError> {
+    if text.len() > limit {
+        return Err(DecodeError::TooLarge { size: text.len(), limit });
+    }
+    serde_json::from_str(text).map_err(|e| DecodeError::Json(json_error(text, e)))
+}
+
+/// Parses a binary frame: JSON sent as binary is accepted (and checked for UTF-8).
+pub fn decode_binary(bytes: &[u8], limit: usize) -> Result<ClientMessage, DecodeError> {
+    if bytes.len() > limit {
+        return Err(DecodeError::TooLarge { size: bytes.len(), limit });
+    }
+    match bytes.first() {
+        None => Err(DecodeError::EmptyBinary),
+        Some(b'{') => decode_text(std::str::from_utf8(bytes).map_err(|_| DecodeError::Utf8)?, limit),
+        Some(&KIND_MIC_AUDIO) => Err(DecodeError::AudioInput),
+        Some(&kind) => Err(DecodeError::UnknownBinary(kind)),
+    }
+}
+
+/// A serde error in words a client developer can act on, without echoing input.
+fn json_error(text: &str, e: serde_json::Error) -> String {
+    if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
+        match value.get("type").and_then(|t| t.as_str()) {
+            None => return "missing \"type\" (one of text, control, config, ping)".into(),
+            Some(t) if !["text", "control", "config", "ping"].contains(&t) => {
+                return format!("unknown message type {t:?} (expected text, control, config or ping)");
+            }
+            Some(_) => {}
+        }
+    }
+    let msg = e.to_string();
+    // serde_json appends " at line L column C"; keep it, it helps.
+    msg
+}
+
+/// Builds a binary audio frame.
+pub fn encode_binary_audio(utterance_id: u64, sequence: u64, last_in_utterance: bool, pcm: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(BINARY_HEADER_BYTES + pcm.len());
+    out.push(KIND_TTS_AUDIO);
+    out.push(BINARY_VERSION);
+    let flags = if last_in_utterance { FLAG_LAST_IN_UTTERANCE } else { 0 };
+    out.extend_from_slice(&flags.to_le_bytes());
+    out.extend_from_slice(&(utterance_id as u32).to_le_bytes());
+    out.extend_from_slice(&sequence.to_le_bytes());
+    out.extend_from_slice(pcm);
+    out
+}
+
+/// A parsed binary audio frame header (clients and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BinaryAudioHeader {
+    pub utterance_id: u32,
+    pub sequence: u64,
+    pub last_in_utterance: bool,
+}
+
+pub fn parse_binary_audio(frame: &[u8]) -> Option<(BinaryAudioHeader, &[u8])> {
+    if frame.len() < BINARY_HEADER_BYTES || frame[0] != KIND_TTS_AUDIO || frame[1] != BINARY_VERSION {
+        return None;
+    }
+    let flags = u16::from_le_bytes([frame[2], frame[3]]);
+    let utterance_id = u32::from_le_bytes(frame[4..8].try_into().ok()?);
+    let sequence = u64::from_le_bytes(frame[8..16].try_into().ok()?);
+    let header = BinaryAudioHeader { utterance_id, sequence, last_in_utterance: flags & FLAG_LAST_IN_UTTERANCE != 0 };
+    Some((header, &frame[BINARY_HEADER_BYTES..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predecessor_messages_parse() {
+        assert_eq!(
+            decode_text(r#"{"type":"text","text":"hi","is_final":true}"#, 1000).unwrap(),
+            ClientMessage::Text { text: "hi".into(), is_final: true }
+        );
+        assert_eq!(
+            decode_text(r#"{"type":"text","text":"hi"}"#, 1000).unwrap(),
+            ClientMessage::Text { text: "hi".into(), is_final: true }
+        );
+        assert_eq!(
+            decode_text(r#"{"type":"control","command":"PAUSE"}"#, 1000).unwrap(),
+            ClientMessage::Control { command: Command::Pause }
+        );
+    }
+
+    #[test]
+    fn bad_messages_say_what_is_wrong() {
+        let e = decode_text(r#"{"type":"dance"}"#, 1000).unwrap_err().to_string();
+        assert!(e.contains("unknown message type \"dance\""), "{e}");
+        let e = decode_text(r#"{"text":"x"}"#, 1000).unwrap_err().to_string();
+        assert!(e.contains("missing \"type\""), "{e}");
+        let e = decode_text("{not json", 1000).unwrap_err().to_string();
+        assert!(e.contains("invalid message"), "{e}");
+        let e = decode_text(r#"{"type":"control","command":"JUMP"}"#, 1000).unwrap_err().to_string();
+        assert!(e.contains("JUMP"), "{e}");
+        assert!(matches!(decode_text(&"x".repeat(11), 10), Err(DecodeError::TooLarge { size: 11, limit: 10 })));
+        assert_eq!(decode_binary(b"{\"type\":\xff}", 100), Err(DecodeError::Utf8));
+        assert_eq!(decode_binary(&[KIND_MIC_AUDIO, 0, 0], 100), Err(DecodeError::AudioInput));
+        assert_eq!(decode_binary(&[9], 100), Err(DecodeError::UnknownBinary(9)));
+    }
+
+    #[test]
+    fn server_messages_have_the_predecessor_shape() {
+        let v: serde_json::Value = serde_json::from_str(
+            &ServerMessage::Audio { pcm: "AA==".into(), sample_rate: 48000, frame_ms: 20, sequence: 3, utterance_id: 1 }
+                .to_json(),
+        )
+        .unwrap();
+        assert_eq!(v["type"], "audio");
+        assert_eq!(v["sample_rate"], 48000);
+        assert_eq!(v["frame_ms"], 20);
+        assert_eq!(v["sequence"], 3);
+        let e: serde_json::Value =
+            serde_json::from_str(&ServerMessage::error(ErrorCode::WorkerUnavailable, "down").to_json()).unwrap();
+        assert_eq!(e["type"], "error");
+        assert_eq!(e["code"], "WORKER_UNAVAILABLE");
+        assert!(e.get("retry_after_ms").is_none());
+    }
+
+    #[test]
+    fn binary_header_round_trips() {
+        let pcm = vec![7u8; 1920];
+        let f = encode_binary_audio(5, 42, true, &pcm);
+        assert_eq!(f.len(), BINARY_HEADER_BYTES + 1920);
+        let (h, body) = parse_binary_audio(&f).unwrap();
+        assert_eq!(h, BinaryAudioHeader { utterance_id: 5, sequence: 42, last_in_utterance: true });
+        assert_eq!(body, &pcm[..]);
+    }
+}

@@ -1,0 +1,183 @@
+//! HTTP surface: the WebSocket endpoint (at `/` and `/ws`), `/health`,
+//! `/ready`, `/metrics`, an optional second listener for the probes, and
+//! graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::protocol::AudioFormat;
+use crate::worker::WorkerPool;
+
+/// Messages larger than the configured limit are answered with INVALID_MESSAGE
+/// up to this multiple of it; beyond, the socket closes (1009) before buffering more.
+const HARD_MESSAGE_LIMIT_FACTOR: usize = 16;
+/// How long sessions get to say goodbye on shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// State shared by every request and session.
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Config,
+    pub pool: WorkerPool,
+    pub metrics: Metrics,
+    /// One permit per session; none left = BUSY.
+    pub session_slots: Arc<Semaphore>,
+    pub shutdown: CancellationToken,
+    /// Background work (EndSession calls) awaited on shutdown.
+    pub tasks: TaskTracker,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("HTTP server: {0}")]
+    Serve(std::io::Error),
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ConnectParams {
+    #[serde(default)]
+    audio_format: Option<AudioFormat>,
+}
+
+const INDEX: &str = "<!doctype html><meta charset=utf-8><title>Duplex</title>\
+<h1>Duplex orchestrator</h1><p>Connect a WebSocket client to <code>/ws</code> \
+(or <code>/</code>); see the README for the protocol and <code>duplex talk</code>. \
+Probes: <a href=/health>/health</a>, <a href=/ready>/ready</a>, <a href=/metrics>/metrics</a>.</p>";
+
+async fn websocket(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<ConnectParams>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(upgrade) = upgrade else {
+        return Html(INDEX).into_response();
+    };
+    let hard_limit = state.config.transport.websocket.max_message_bytes * HARD_MESSAGE_LIMIT_FACTOR;
+    let format = params.audio_format.unwrap_or_default();
+    upgrade
+        .max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        .on_upgrade(move |socket| crate::session::run(socket, state, format))
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    match state.pool.is_serving().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")).into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
+
+fn probes() -> Router<Arc<AppState>> {
+    Router::new().route("/health", get(health)).route("/ready", get(ready)).route("/metrics", get(metrics))
+}
+
+/// A running orchestrator (tests, the demo).
+#[derive(Debug)]
+pub struct Handle {
+    pub addr: SocketAddr,
+    pub health_addr: Option<SocketAddr>,
+    pub shutdown: CancellationToken,
+    pub join: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+async fn bind(host: &str, port: u16) -> Result<TcpListener, ServeError> {
+    let addr = format!("{host}:{port}");
+    TcpListener::bind(&addr).await.map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Binds both listeners (port 0 allowed) and serves in a task.
+pub async fn spawn(config: Config) -> Result<Handle, ServeError> {
+    let ws = &config.transport.websocket;
+    let main = bind(&ws.host, ws.port).await?;
+    let probe = if config.health.enabled { Some(bind(&config.health.host, config.health.port).await?) } else { None };
+    let addr = main.local_addr().map_err(ServeError::Serve)?;
+    let health_addr = probe.as_ref().and_then(|l| l.local_addr().ok());
+    let shutdown = CancellationToken::new();
+    let join = tokio::spawn(serve(main, probe, config, shutdown.clone()));
+    Ok(Handle { addr, health_addr, shutdown, join })
+}
+
+/// Binds the configured ports and serves until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let ws = &config.transport.websocket;
+    let main = bind(&ws.host, ws.port).await?;
+    let probe = if config.health.enabled { Some(bind(&config.health.host, config.health.port).await?) } else { None };
+    serve(main, probe, config, shutdown).await
+}
+
+pub async fn serve(
+    main: TcpListener,
+    probe: Option<TcpListener>,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let state = Arc::new(AppState {
+        pool: WorkerPool::new(&config.routing)?,
+        session_slots: Arc::new(Semaphore::new(config.session.max_sessions)),
+        config,
+        metrics: Metrics::new(),
+        shutdown: shutdown.clone(),
+        tasks: TaskTracker::new(),
+    });
+    let app = Router::new()
+        .route("/", get(websocket))
+        .route("/ws", get(websocket))
+        .merge(probes())
+        .with_state(state.clone());
+    tracing::info!(
+        addr = ?main.local_addr().ok(),
+        probes = ?probe.as_ref().and_then(|l| l.local_addr().ok()),
+        worker = state.pool.addr(),
+        "orchestrator listening"
+    );
+    let probe_server = probe.map(|listener| {
+        let app = probes().with_state(state.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await })
+    });
+    let main_server = axum::serve(main, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let main_server = tokio::spawn(async move { main_server.await });
+
+    shutdown.cancelled().await;
+    tracing::info!(sessions = state.metrics.sessions_active.get(), "shutting down; closing sessions");
+    state.tasks.close();
+    let drained = async {
+        let _ = main_server.await;
+        if let Some(p) = probe_server {
+            let _ = p.await;
+        }
+        state.tasks.wait().await;
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
+        tracing::warn!("shutdown grace period over; exiting with connections open");
+    }
+    tracing::info!("orchestrator stopped");
+    Ok(())
+}

@@ -1,0 +1,493 @@
+//! One WebSocket session: reads the client at all times, keeps one
+//! Synthesize stream to the worker across turns, and plays the audio out in
+//! real time so PAUSE and STOP silence the client within one frame.
+//!
+//! A single task owns the session state and `select!`s over the client
+//! socket, the worker stream, the playout deadline and the timeouts; a writer
+//! task owns the socket's send half, and a control task sends the worker its
+//! PAUSE/RESUME/STOP in order without blocking the loop.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use base64::Engine as _;
+use duplex_audio::{FRAME_MS, SAMPLE_RATE_HZ};
+use duplex_proto::tts::{self, AudioFrame, ControlCommand, TextChunk};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::playout::{Entry, Playout};
+use crate::protocol::{
+    AudioFormat, ClientMessage, Command, EndReason, ErrorCode, ServerMessage, decode_binary, decode_text,
+    encode_binary_audio,
+};
+use crate::server::AppState;
+use crate::worker::{WorkerError, WorkerStream};
+
+/// Messages queued toward the client socket. Playout releases ~50 a second,
+/// so a full queue means the client stopped reading: the session is closed
+/// rather than buffering without bound.
+const OUTBOUND_QUEUE: usize = 64;
+/// Control commands queued toward the worker (sent in order).
+const CONTROL_QUEUE: usize = 16;
+/// WebSocket close code "try again later".
+const CLOSE_TRY_AGAIN: u16 = 1013;
+/// Retry hint sent with BUSY.
+const BUSY_RETRY_AFTER_MS: u64 = 1_000;
+/// The WebSocket protocol version in `session_start`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// An utterance the client has not yet seen end.
+#[derive(Debug)]
+struct Utterance {
+    received_at: Instant,
+    frames: u64,
+    span: tracing::Span,
+}
+
+enum Flow {
+    Continue,
+    End(&'static str),
+}
+
+struct Session {
+    id: String,
+    state: Arc<AppState>,
+    out_tx: mpsc::Sender<Message>,
+    control_tx: mpsc::Sender<(ControlCommand, u64)>,
+    audio_format: AudioFormat,
+    link: Option<WorkerStream>,
+    /// Last utterance id assigned; ids start at 1.
+    last_utterance: u64,
+    /// Utterance still receiving text (`is_final: false` so far).
+    open_utterance: Option<u64>,
+    chunk_sequence: i64,
+    stopped_through: u64,
+    active: BTreeMap<u64, Utterance>,
+    playout: Playout,
+    /// Audio frames sent to the client.
+    sequence: u64,
+    last_client_message: Instant,
+    last_worker_frame: Instant,
+}
+
+/// Runs a session to its end. `audio_format` comes from the connect URL.
+pub async fn run(socket: WebSocket, state: Arc<AppState>, audio_format: AudioFormat) {
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    let Ok(_permit) = state.session_slots.clone().try_acquire_owned() else {
+        state.metrics.sessions_rejected.inc();
+        state.metrics.errors.with_label_values(&[ErrorCode::Busy.as_str()]).inc();
+        let busy = ServerMessage::Error {
+            code: ErrorCode::Busy,
+            message: format!("server is at capacity ({} sessions); try again shortly", state.config.session.max_sessions),
+            retry_after_ms: Some(BUSY_RETRY_AFTER_MS),
+        };
+        let _ = ws_tx.send(Message::Text(busy.to_json().into())).await;
+        let close = CloseFrame { code: CLOSE_TRY_AGAIN, reason: "busy".into() };
+        let _ = ws_tx.send(Message::Close(Some(close))).await;
+        return;
+    };
+
+    let id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!("session", session_id = %id);
+    state.metrics.sessions_total.inc();
+    state.metrics.sessions_active.inc();
+
+    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let writer = tokio::spawn(write_socket(ws_tx, out_rx).instrument(span.clone()));
+    let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let controls = tokio::spawn(send_controls(state.clone(), id.clone(), control_rx).instrument(span.clone()));
+
+    let now = Instant::now();
+    let mut session = Session {
+        id: id.clone(),
+        playout: Playout::new(state.config.playout.queue_frames, state.config.playout.lookahead_frames),
+        state: state.clone(),
+        out_tx,
+        control_tx,
+        audio_format,
+        link: None,
+        last_utterance: 0,
+        open_utterance: None,
+        chunk_sequence: 0,
+        stopped_through: 0,
+        active: BTreeMap::new(),
+        sequence: 0,
+        last_client_message: now,
+        last_worker_frame: now,
+    };
+    async {
+        tracing::info!(?audio_format, "session started");
+        let reason = session.run(&mut ws_rx).await;
+        tracing::info!(reason, frames = session.sequence, "session ended");
+        if session.link.take().is_some() {
+            // Frees the worker's session now instead of letting it finish the text.
+            let (pool, id) = (state.pool.clone(), id.clone());
+            state.tasks.spawn(async move {
+                if let Err(e) = pool.end_session(&id).await {
+                    tracing::debug!(error = %e, "EndSession failed");
+                }
+            });
+        }
+    }
+    .instrument(span)
+    .await;
+    drop(session);
+    let _ = controls.await;
+    let _ = writer.await;
+    state.metrics.sessions_active.dec();
+}
+
+async fn write_socket(
+    mut ws_tx: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut out_rx: mpsc::Receiver<Message>,
+) {
+    while let Some(msg) = out_rx.recv().await {
+        let closing = matches!(msg, Message::Close(_));
+        if ws_tx.send(msg).await.is_err() || closing {
+            break;
+        }
+    }
+    let _ = ws_tx.close().await;
+}
+
+async fn send_controls(state: Arc<AppState>, session_id: String, mut rx: mpsc::Receiver<(ControlCommand, u64)>) {
+    while let Some((command, utterance_id)) = rx.recv().await {
+        if let Err(e) = state.pool.control(&session_id, command, utterance_id).await {
+            tracing::debug!(?command, error = %e, "worker control failed");
+        }
+    }
+}
+
+/// Waits for the next worker frame; pending forever without a stream.
+async fn next_frame(link: &mut Option<WorkerStream>) -> Result<Option<AudioFrame>, tonic::Status> {
+    match link {
+        Some(l) => l.frames.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn end_reason(frame: &AudioFrame) -> EndReason {
+    match tts::EndReason::try_from(frame.end_reason).unwrap_or(tts::EndReason::Unspecified) {
+        tts::EndReason::Stopped => EndReason::Stopped,
+        tts::EndReason::Empty => EndReason::Empty,
+        tts::EndReason::Error => EndReason::Error,
+        // Predecessor workers leave it unset on a normal end.
+        tts::EndReason::Completed | tts::EndReason::Unspecified => EndReason::Completed,
+    }
+}
+
+impl Session {
+    async fn run(&mut self, ws_rx: &mut futures_util::stream::SplitStream<WebSocket>) -> &'static str {
+        let start = ServerMessage::SessionStart {
+            session_id: self.id.clone(),
+            sample_rate: SAMPLE_RATE_HZ,
+            frame_ms: FRAME_MS,
+            audio_format: self.audio_format,
+            protocol_version: PROTOCOL_VERSION,
+        };
+        if let Flow::End(r) = self.send(start) {
+            return r;
+        }
+        let limits = &self.state.config.session;
+        let idle = Duration::from_millis(limits.idle_timeout_ms);
+        let stall = Duration::from_millis(self.state.config.routing.stall_timeout_ms);
+        let ends_at = Instant::now() + Duration::from_millis(limits.max_duration_ms);
+        let shutdown = self.state.shutdown.clone();
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+
+        let reason = loop {
+            let now = Instant::now();
+            let due = self.playout.next_due(now.into_std()).map(Instant::from_std);
+            let read_worker = self.link.is_some() && self.playout.has_room();
+            // Idle only counts while nothing is being said.
+            let idle_at = if self.active.is_empty() { self.last_client_message + idle } else { far };
+            let waiting_on_worker =
+                self.link.is_some() && !self.active.is_empty() && self.playout.is_empty() && !self.playout.is_paused();
+            let stall_at = if waiting_on_worker { Some(self.last_worker_frame + stall) } else { None };
+
+            let flow = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Flow::End("server_shutdown"),
+                msg = ws_rx.next() => match msg {
+                    Some(Ok(msg)) => self.on_client(msg).await,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "client socket error");
+                        Flow::End("connection_error")
+                    }
+                    None => Flow::End("client_closed"),
+                },
+                _ = tokio::time::sleep_until(due.unwrap_or(far)), if due.is_some() => self.play_due(),
+                frame = next_frame(&mut self.link), if read_worker => self.on_worker(frame),
+                _ = tokio::time::sleep_until(stall_at.unwrap_or(far)), if stall_at.is_some() => {
+                    self.worker_failed(&format!("no audio for {} ms", stall.as_millis()))
+                }
+                _ = tokio::time::sleep_until(idle_at) => Flow::End("idle_timeout"),
+                _ = tokio::time::sleep_until(ends_at) => Flow::End("max_duration"),
+            };
+            if let Flow::End(reason) = flow {
+                break reason;
+            }
+        };
+        if reason != "client_closed" && reason != "connection_error" {
+            let _ = self.send(ServerMessage::SessionEnd { session_id: self.id.clone(), reason: reason.into() });
+            let _ = self.out_tx.try_send(Message::Close(None));
+        }
+        reason
+    }
+
+    /// Queues a message for the client; a full queue ends the session.
+    fn send(&self, msg: ServerMessage) -> Flow {
+        self.send_raw(Message::Text(msg.to_json().into()))
+    }
+
+    fn send_raw(&self, msg: Message) -> Flow {
+        match self.out_tx.try_send(msg) {
+            Ok(()) => Flow::Continue,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!("client is not reading; closing the session");
+                Flow::End("client_not_reading")
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Flow::End("connection_error"),
+        }
+    }
+
+    fn error(&self, code: ErrorCode, message: impl Into<String>) -> Flow {
+        let message = message.into();
+        tracing::info!(code = code.as_str(), %message, "error sent to client");
+        self.state.metrics.errors.with_label_values(&[code.as_str()]).inc();
+        self.send(ServerMessage::error(code, message))
+    }
+
+    async fn on_client(&mut self, msg: Message) -> Flow {
+        let limit = self.state.config.transport.websocket.max_message_bytes;
+        let decoded = match msg {
+            Message::Text(t) => decode_text(t.as_str(), limit),
+            Message::Binary(b) => decode_binary(&b, limit),
+            Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
+            Message::Close(_) => return Flow::End("client_closed"),
+        };
+        self.last_client_message = Instant::now();
+        match decoded {
+            Err(e) => self.error(ErrorCode::InvalidMessage, e.to_string()),
+            Ok(ClientMessage::Text { text, is_final }) => self.on_text(text, is_final).await,
+            Ok(ClientMessage::Control { command }) => self.on_control(command),
+            Ok(ClientMessage::Config { audio_format }) => {
+                if let Some(f) = audio_format {
+                    self.audio_format = f;
+                }
+                self.send(ServerMessage::Config { audio_format: self.audio_format })
+            }
+            Ok(ClientMessage::Ping { id }) => self.send(ServerMessage::Pong { id }),
+        }
+    }
+
+    async fn on_text(&mut self, text: String, is_final: bool) -> Flow {
+        let max = self.state.config.session.max_text_chars;
+        let chars = text.chars().count();
+        if chars > max {
+            return self.error(ErrorCode::InvalidMessage, format!("text of {chars} characters exceeds the limit of {max}"));
+        }
+        let now = Instant::now();
+        let utterance_id = match self.open_utterance {
+            Some(id) => id,
+            None => {
+                if self.active.is_empty() {
+                    // The stall clock runs only while audio is owed.
+                    self.last_worker_frame = now;
+                }
+                self.last_utterance += 1;
+                let id = self.last_utterance;
+                let span = tracing::info_span!("utterance", utterance_id = id);
+                span.in_scope(|| tracing::debug!(chars, "utterance started"));
+                self.active.insert(id, Utterance { received_at: now, frames: 0, span });
+                id
+            }
+        };
+        self.open_utterance = if is_final { None } else { Some(utterance_id) };
+        self.chunk_sequence += 1;
+        let chunk = TextChunk {
+            session_id: self.id.clone(),
+            text,
+            is_final,
+            sequence_number: self.chunk_sequence,
+            utterance_id,
+        };
+        if let Some(link) = &self.link {
+            return match link.text_tx.try_send(chunk) {
+                Ok(()) => Flow::Continue,
+                Err(mpsc::error::TrySendError::Full(_)) => self.worker_failed("worker is not accepting text"),
+                Err(mpsc::error::TrySendError::Closed(_)) => self.worker_failed("worker stream closed"),
+            };
+        }
+        match self.state.pool.open(&self.id, chunk).await {
+            Ok(stream) => {
+                self.link = Some(stream);
+                self.last_worker_frame = Instant::now();
+                Flow::Continue
+            }
+            Err(e) => {
+                let code = match e {
+                    WorkerError::Busy(_) => ErrorCode::Busy,
+                    WorkerError::Refused(_) => ErrorCode::SynthesisFailed,
+                    _ => ErrorCode::WorkerUnavailable,
+                };
+                self.fail_active(code, &e.to_string())
+            }
+        }
+    }
+
+    fn on_control(&mut self, command: Command) -> Flow {
+        let received = std::time::Instant::now();
+        let worker_command = match command {
+            Command::Pause => {
+                self.playout.pause();
+                ControlCommand::Pause
+            }
+            Command::Resume => {
+                self.playout.resume();
+                self.last_worker_frame = Instant::now();
+                ControlCommand::Resume
+            }
+            Command::Stop => {
+                let through = self.last_utterance;
+                self.stopped_through = through;
+                self.open_utterance = None;
+                self.playout.discard_through(through);
+                self.playout.resume();
+                for (id, u) in std::mem::take(&mut self.active) {
+                    if let Flow::End(r) = self.end_utterance(id, u, EndReason::Stopped) {
+                        return Flow::End(r);
+                    }
+                }
+                ControlCommand::Stop
+            }
+        };
+        self.state.metrics.control.with_label_values(&[command_label(command)]).observe(received.elapsed().as_secs_f64());
+        if self.link.is_some() && self.control_tx.try_send((worker_command, self.last_utterance)).is_err() {
+            tracing::warn!("control queue full; the worker may keep synthesizing");
+        }
+        self.send(ServerMessage::ControlAck { command, last_sequence: self.sequence })
+    }
+
+    fn on_worker(&mut self, frame: Result<Option<AudioFrame>, tonic::Status>) -> Flow {
+        let frame = match frame {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                self.link = None;
+                return if self.active.is_empty() { Flow::Continue } else { self.worker_failed("worker ended the stream") };
+            }
+            Err(status) => {
+                self.link = None;
+                return self.worker_failed(&format!("{:?}: {}", status.code(), status.message()));
+            }
+        };
+        self.last_worker_frame = Instant::now();
+        let id = frame.utterance_id;
+        if id <= self.stopped_through || !self.active.contains_key(&id) {
+            return Flow::Continue; // audio of a stopped utterance still in flight
+        }
+        let last = frame.is_final;
+        if !frame.audio_data.is_empty() {
+            self.playout.push(Entry::Audio { utterance_id: id, pcm: frame.audio_data.clone(), last });
+        }
+        if last {
+            let reason = end_reason(&frame);
+            let error = (reason == EndReason::Error).then(|| frame.error_message.clone());
+            self.playout.push(Entry::End { utterance_id: id, reason, error });
+        }
+        Flow::Continue
+    }
+
+    /// Sends every entry that is due now.
+    fn play_due(&mut self) -> Flow {
+        let now = Instant::now();
+        while let Some(entry) = self.playout.pop_due(now.into_std()) {
+            let flow = match entry {
+                Entry::Audio { utterance_id, pcm, last } => self.send_audio(utterance_id, pcm, last, now),
+                Entry::End { utterance_id, reason, error } => {
+                    if let Some(msg) = error {
+                        if let Flow::End(r) = self.error(ErrorCode::SynthesisFailed, format!("synthesis failed: {msg}")) {
+                            return Flow::End(r);
+                        }
+                    }
+                    match self.active.remove(&utterance_id) {
+                        Some(u) => self.end_utterance(utterance_id, u, reason),
+                        None => Flow::Continue,
+                    }
+                }
+            };
+            if let Flow::End(r) = flow {
+                return Flow::End(r);
+            }
+        }
+        Flow::Continue
+    }
+
+    fn send_audio(&mut self, utterance_id: u64, pcm: Vec<u8>, last: bool, now: Instant) -> Flow {
+        self.sequence += 1;
+        if let Some(u) = self.active.get_mut(&utterance_id) {
+            if u.frames == 0 {
+                let latency = now - u.received_at;
+                self.state.metrics.first_audio.observe(latency.as_secs_f64());
+                u.span.in_scope(|| tracing::debug!(latency_ms = latency.as_secs_f64() * 1e3, "first audio"));
+            }
+            u.frames += 1;
+        }
+        self.state.metrics.frames_sent.inc();
+        let msg = match self.audio_format {
+            AudioFormat::Binary => Message::Binary(encode_binary_audio(utterance_id, self.sequence, last, &pcm).into()),
+            AudioFormat::Json => Message::Text(
+                ServerMessage::Audio {
+                    pcm: base64::engine::general_purpose::STANDARD.encode(&pcm),
+                    sample_rate: SAMPLE_RATE_HZ,
+                    frame_ms: FRAME_MS,
+                    sequence: self.sequence,
+                    utterance_id,
+                }
+                .to_json()
+                .into(),
+            ),
+        };
+        self.send_raw(msg)
+    }
+
+    fn end_utterance(&self, id: u64, u: Utterance, reason: EndReason) -> Flow {
+        u.span.in_scope(|| tracing::debug!(reason = reason.as_str(), frames = u.frames, "utterance ended"));
+        self.state.metrics.utterances.with_label_values(&[reason.as_str()]).inc();
+        self.send(ServerMessage::UtteranceEnd { utterance_id: id, reason, frames: u.frames })
+    }
+
+    /// Ends every unfinished utterance with `error` and tells the client why.
+    fn fail_active(&mut self, code: ErrorCode, message: &str) -> Flow {
+        self.open_utterance = None;
+        self.stopped_through = self.last_utterance;
+        self.playout.discard_through(self.last_utterance);
+        for (id, u) in std::mem::take(&mut self.active) {
+            if let Flow::End(r) = self.end_utterance(id, u, EndReason::Error) {
+                return Flow::End(r);
+            }
+        }
+        self.error(code, message)
+    }
+
+    /// The worker stream broke: drop it (the next text reconnects) and fail what was in flight.
+    fn worker_failed(&mut self, why: &str) -> Flow {
+        self.link = None;
+        let addr = self.state.pool.addr().to_string();
+        tracing::warn!(worker = %addr, why, "worker stream failed");
+        self.fail_active(ErrorCode::WorkerUnavailable, &format!("TTS worker {addr} unavailable: {why}"))
+    }
+}
+
+fn command_label(c: Command) -> &'static str {
+    match c {
+        Command::Pause => "pause",
+        Command::Resume => "resume",
+        Command::Stop => "stop",
+    }
+}

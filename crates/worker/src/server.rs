@@ -1,0 +1,119 @@
+//! Serving: binds the gRPC port, reports NOT_SERVING until the preloaded
+//! models are warm, then SERVING; on shutdown reports NOT_SERVING, lets open
+//! streams finish within the grace period, stops the rest, and exits.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use duplex_proto::TtsServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::service::{Service, State};
+
+/// After the grace period, how long stopped streams get to send their final frames.
+const STOP_FLUSH: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("preloading {0}")]
+    Preload(#[from] crate::models::ModelError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Binds the configured address and serves until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let addr = format!("{}:{}", config.grpc.host, config.grpc.port);
+    let listener = TcpListener::bind(&addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+    serve(listener, config, shutdown).await
+}
+
+/// A worker running in this process (tests, the demo).
+#[derive(Debug)]
+pub struct Handle {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub join: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+/// Binds (port 0 allowed) and serves in a task; returns once the port is bound.
+pub async fn spawn(config: Config) -> Result<Handle, ServeError> {
+    let addr = format!("{}:{}", config.grpc.host, config.grpc.port);
+    let listener = TcpListener::bind(&addr).await.map_err(|source| ServeError::Bind { addr: addr.clone(), source })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+    let shutdown = CancellationToken::new();
+    let join = tokio::spawn(serve(listener, config, shutdown.clone()));
+    Ok(Handle { addr: local, shutdown, join })
+}
+
+pub async fn serve(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let addr = listener.local_addr().ok();
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let preload = config.preload.clone();
+    let state = Arc::new(State::new(config));
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_not_serving::<TtsServiceServer<Service>>().await;
+    reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(duplex_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(duplex_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    // Closed after the streams are drained; the server then finishes open requests and exits.
+    let server_stop = CancellationToken::new();
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(TtsServiceServer::new(Service(state.clone())))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), server_stop.clone().cancelled_owned());
+    let server = tokio::spawn(server);
+    tracing::info!(addr = ?addr, name = %state.config.name, "worker listening; warming models");
+
+    for model in &preload {
+        tokio::select! {
+            loaded = state.models.load(model) => { loaded?; }
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    if !shutdown.is_cancelled() {
+        reporter.set_serving::<TtsServiceServer<Service>>().await;
+        reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        tracing::info!(addr = ?addr, models = ?state.models.loaded().keys().collect::<Vec<_>>(), "worker SERVING");
+    }
+
+    shutdown.cancelled().await;
+    state.accepting.store(false, Ordering::Relaxed);
+    reporter.set_not_serving::<TtsServiceServer<Service>>().await;
+    reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    tracing::info!(sessions = state.sessions.len(), grace_ms = grace.as_millis() as u64, "draining");
+    state.tasks.close();
+    if tokio::time::timeout(grace, state.tasks.wait()).await.is_err() {
+        tracing::warn!("grace period over; stopping open streams");
+        state.sessions_token.cancel();
+        let _ = tokio::time::timeout(STOP_FLUSH, state.tasks.wait()).await;
+    }
+    server_stop.cancel();
+    match tokio::time::timeout(STOP_FLUSH, server).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(join)) => tracing::error!(error = %join, "server task failed"),
+        Err(_) => tracing::warn!("server did not close its connections in time"),
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
