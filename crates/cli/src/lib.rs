@@ -1,0 +1,11 @@
+//! The `duplex` command's library: a protocol client and the tools built on it.
+//!
+//! - [`client`]: WebSocket client of the orchestrator protocol.
+//! - [`talk`]: send text and controls, save or play the reply.
+//! - [`bench`]: latency, control and jitter benchmark at several concurrencies.
+//! - [`stats`]: percentiles.
+
+pub mod bench;
+pub mod client;
+pub mod stats;
+pub mod talk;

@@ -1,0 +1,120 @@
+//! `duplex`: demo, talk, bench and check-config.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use duplex_orchestrator::protocol::AudioFormat;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Duplex: real-time full-duplex voice chat")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the orchestrator and a worker in one process (http://localhost:8080).
+    Demo {
+        #[arg(long, default_value = "configs/worker.yaml")]
+        worker_config: PathBuf,
+        #[arg(long, default_value = "configs/orchestrator.yaml")]
+        orchestrator_config: PathBuf,
+    },
+    /// Speak text through a running orchestrator; save or play the reply.
+    Talk {
+        /// Text to speak; without it, lines are read from stdin (/pause /resume /stop /quit).
+        text: Option<String>,
+        #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+        url: String,
+        /// Save the reply as a 48 kHz mono WAV file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Play the reply (needs aplay or paplay).
+        #[arg(long)]
+        play: bool,
+    },
+    /// Measure first audio, control-to-silence and jitter at several concurrencies.
+    Bench {
+        /// Concurrency levels.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100,500")]
+        sessions: Vec<usize>,
+        /// Use a running orchestrator instead of starting one.
+        #[arg(long)]
+        url: Option<String>,
+        /// Receive audio as base64 JSON instead of binary frames.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate config files (unknown keys, bad values) and print the effective config.
+    CheckConfig {
+        #[arg(long, default_value = "configs/worker.yaml")]
+        worker: PathBuf,
+        #[arg(long, default_value = "configs/orchestrator.yaml")]
+        orchestrator: PathBuf,
+        /// Print the effective configs after environment overrides.
+        #[arg(long)]
+        print: bool,
+    },
+}
+
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok()
+}
+
+fn existing(p: &Path) -> Option<&Path> {
+    p.exists().then_some(p)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Demo { worker_config, orchestrator_config } => {
+            let worker = duplex_worker::Config::load(existing(&worker_config), env)?;
+            let mut orch = duplex_orchestrator::Config::load(existing(&orchestrator_config), env)?;
+            duplex_telemetry::init(&orch.log)?;
+            let shutdown = duplex_telemetry::shutdown_on_signals();
+            let w = duplex_worker::spawn(worker).await?;
+            orch.routing.static_worker_addr = format!("grpc://127.0.0.1:{}", w.addr.port());
+            let o = duplex_orchestrator::spawn(orch).await?;
+            let port = o.addr.port();
+            eprintln!("\nDuplex demo running:");
+            eprintln!("  page / WebSocket  http://localhost:{port}/  (ws://localhost:{port}/ws)");
+            eprintln!("  try               cargo run -q -p duplex-cli -- talk \"Hello from Duplex\" --out hello.wav");
+            eprintln!("  probes            http://localhost:{port}/ready  /metrics");
+            eprintln!("  worker (gRPC)     {}", w.addr);
+            eprintln!("Ctrl-C to stop.\n");
+            shutdown.cancelled().await;
+            o.shutdown.cancel();
+            let _ = o.join.await;
+            w.shutdown.cancel();
+            let _ = w.join.await;
+            Ok(())
+        }
+        Cmd::Talk { text, url, out, play } => {
+            duplex_cli::talk::run(duplex_cli::talk::TalkArgs { url, text, out, play }).await
+        }
+        Cmd::Bench { sessions, url, json } => {
+            let lookahead = duplex_orchestrator::Config::default().playout.lookahead_frames as usize;
+            let audio_format = if json { AudioFormat::Json } else { AudioFormat::Binary };
+            let args = duplex_cli::bench::BenchArgs { levels: sessions, url, audio_format, lookahead_frames: lookahead };
+            let reports = duplex_cli::bench::run(args).await?;
+            let failed: usize = reports.iter().map(|r| r.failed).sum();
+            anyhow::ensure!(failed == 0, "{failed} benchmark sessions failed");
+            Ok(())
+        }
+        Cmd::CheckConfig { worker, orchestrator, print } => {
+            let w = duplex_worker::Config::load(Some(&worker), env).with_context(|| format!("{}", worker.display()))?;
+            println!("{}: ok", worker.display());
+            let o = duplex_orchestrator::Config::load(Some(&orchestrator), env)
+                .with_context(|| format!("{}", orchestrator.display()))?;
+            println!("{}: ok", orchestrator.display());
+            if print {
+                println!("--- {}\n{}", worker.display(), serde_yaml::to_string(&w)?);
+                println!("--- {}\n{}", orchestrator.display(), serde_yaml::to_string(&o)?);
+            }
+            Ok(())
+        }
+    }
+}
