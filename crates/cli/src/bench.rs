@@ -195,6 +195,11 @@ async fn one_session(url: String, format: AudioFormat, offset: Duration, lookahe
     // Steady-state intervals: skip the look-ahead burst at the start of each run.
     for (from, to) in [(0, run1.min(run1_end)), (resumed_at, run2_end)] {
         let skip = lookahead + 1;
+        if std::env::var_os("DUPLEX_BENCH_DUMP").is_some() {
+            let iv: Vec<String> =
+                seen[from..to].windows(2).map(|w| format!("{:.1}", (w[1].1 - w[0].1).as_secs_f64() * 1e3)).collect();
+            eprintln!("intervals: {}", iv.join(" "));
+        }
         for w in seen[(from + skip).min(to)..to].windows(2) {
             sample.jitter.push(((w[1].1 - w[0].1).as_secs_f64() * 1e3 - 20.0).abs());
         }

@@ -50,7 +50,8 @@ impl Client {
             AudioFormat::Binary => "binary",
         };
         let full = format!("{url}{sep}audio_format={name}");
-        let (ws, _) = tokio_tungstenite::connect_async(&full)
+        // Controls must not wait behind Nagle's algorithm.
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(&full, None, true)
             .await
             .map_err(|source| ClientError::Connect { url: full.clone(), source })?;
         Ok(Self { ws })

@@ -12,6 +12,7 @@ use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -157,6 +158,11 @@ pub async fn serve(
         worker = state.pool.addr(),
         "orchestrator listening"
     );
+    // Audio frames are small writes 20 ms apart: without TCP_NODELAY, Nagle
+    // holds each behind the previous one's (delayed) ACK for up to 40 ms.
+    let main = main.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let probe_server = probe.map(|listener| {
         let app = probes().with_state(state.clone());
         let stop = shutdown.clone();

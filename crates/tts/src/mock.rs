@@ -3,7 +3,8 @@
 //! Each letter or digit becomes a short voiced "syllable" (a tone with a
 //! harmonic, a pitch that depends on the character and its place in the word,
 //! and a soft attack and release); spaces are short gaps and punctuation longer
-//! pauses, so the output has the rhythm of speech. The same text always gives
+//! pauses (only after speech: blanks alone say nothing), so the output has
+//! the rhythm of speech. The same text always gives
 //! the same samples. `first_audio_latency_ms` and `realtime_factor` make it
 //! behave like a slow model when a test or benchmark needs one.
 
@@ -155,6 +156,9 @@ impl MockSynthesis {
             let f0 = 110.0 + (code.wrapping_mul(37) % 120) as f32 - (self.word_pos.min(8) as f32 * 4.0);
             self.word_pos += 1;
             Some(Segment::Voiced { f0, len: n })
+        } else if !matches!(self.segments.last(), Some(Segment::Voiced { .. })) {
+            // Pauses only follow speech: leading blanks and runs of them say nothing.
+            None
         } else if c.is_whitespace() {
             self.word_pos = 0;
             Some(Segment::Silence { len: n / 2 })
@@ -251,8 +255,11 @@ mod tests {
         // 10 letters, one space (half), a full stop (4x).
         assert_eq!(a.len(), 10 * per_char + per_char / 2 + 4 * per_char);
         assert!(duplex_audio::rms(&a) > 0.05, "voiced audio is audible");
-        assert_eq!(run(&mut e, "  ").len(), 2 * per_char / 2);
+        assert!(run(&mut e, "  ").is_empty(), "blanks alone say nothing");
         assert!(run(&mut e, "").is_empty());
+        // Runs of blanks collapse to one pause; a blank after punctuation adds nothing.
+        assert_eq!(run(&mut e, "a.  b").len(), run(&mut e, "a. b").len());
+        assert_eq!(run(&mut e, "a. b").len(), run(&mut e, "a.b").len());
     }
 
     #[test]
