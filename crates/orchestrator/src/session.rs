@@ -36,6 +36,8 @@ const OUTBOUND_QUEUE: usize = 64;
 const CONTROL_QUEUE: usize = 16;
 /// WebSocket close code "try again later".
 const CLOSE_TRY_AGAIN: u16 = 1013;
+/// WebSocket close code "invalid frame payload data".
+const CLOSE_INVALID_PAYLOAD: u16 = 1007;
 /// Retry hint sent with BUSY.
 const BUSY_RETRY_AFTER_MS: u64 = 1_000;
 /// The WebSocket protocol version in `session_start`.
@@ -215,10 +217,7 @@ impl Session {
                 _ = shutdown.cancelled() => Flow::End("server_shutdown"),
                 msg = ws_rx.next() => match msg {
                     Some(Ok(msg)) => self.on_client(msg).await,
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "client socket error");
-                        Flow::End("connection_error")
-                    }
+                    Some(Err(e)) => self.on_socket_error(e),
                     None => Flow::End("client_closed"),
                 },
                 _ = tokio::time::sleep_until(due.unwrap_or(far)), if due.is_some() => self.play_due(),
@@ -233,7 +232,7 @@ impl Session {
                 break reason;
             }
         };
-        if reason != "client_closed" && reason != "connection_error" {
+        if !matches!(reason, "client_closed" | "connection_error" | "invalid_utf8") {
             let _ = self.send(ServerMessage::SessionEnd { session_id: self.id.clone(), reason: reason.into() });
             let _ = self.out_tx.try_send(Message::Close(None));
         }
@@ -261,6 +260,22 @@ impl Session {
         tracing::info!(code = code.as_str(), %message, "error sent to client");
         self.state.metrics.errors.with_label_values(&[code.as_str()]).inc();
         self.send(ServerMessage::error(code, message))
+    }
+
+    /// Invalid UTF-8 in a *text* frame fails the WebSocket connection (RFC 6455
+    /// section 8.1; the socket layer will not read on), so the client is told why
+    /// and the socket closes with 1007. JSON in a binary frame is checked by us
+    /// and such a session goes on.
+    fn on_socket_error(&mut self, e: axum::Error) -> Flow {
+        let inner = e.into_inner();
+        if let Some(tungstenite::Error::Utf8(_)) = inner.downcast_ref::<tungstenite::Error>() {
+            let _ = self.error(ErrorCode::InvalidMessage, crate::protocol::DecodeError::Utf8.to_string());
+            let close = CloseFrame { code: CLOSE_INVALID_PAYLOAD, reason: "text frame is not valid UTF-8".into() };
+            let _ = self.out_tx.try_send(Message::Close(Some(close)));
+            return Flow::End("invalid_utf8");
+        }
+        tracing::debug!(error = %inner, "client socket error");
+        Flow::End("connection_error")
     }
 
     async fn on_client(&mut self, msg: Message) -> Flow {
