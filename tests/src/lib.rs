@@ -46,10 +46,7 @@ pub struct Stack {
 }
 
 impl Stack {
-    pub async fn start(
-        worker: duplex_worker::Config,
-        tweak: impl FnOnce(&mut duplex_orchestrator::Config),
-    ) -> Self {
+    pub async fn start(worker: duplex_worker::Config, tweak: impl FnOnce(&mut duplex_orchestrator::Config)) -> Self {
         let worker = duplex_worker::spawn(worker).await.expect("worker starts");
         let mut oc = orchestrator_config(&format!("grpc://{}", worker.addr));
         tweak(&mut oc);
@@ -87,7 +84,12 @@ impl Heard {
 }
 
 /// Reads until `stop` says so (or the timeout, which fails the test).
-pub async fn read_until(client: &mut Client, heard: &mut Heard, timeout: Duration, mut stop: impl FnMut(&Event) -> bool) {
+pub async fn read_until(
+    client: &mut Client,
+    heard: &mut Heard,
+    timeout: Duration,
+    mut stop: impl FnMut(&Event) -> bool,
+) {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let ev = tokio::time::timeout_at(deadline, client.next())
@@ -96,7 +98,9 @@ pub async fn read_until(client: &mut Client, heard: &mut Heard, timeout: Duratio
             .expect("socket ok");
         let done = stop(&ev);
         match ev {
-            Event::Audio { utterance_id, sequence, pcm, at } => heard.frames.push((sequence, utterance_id, pcm.len(), at)),
+            Event::Audio { utterance_id, sequence, pcm, at } => {
+                heard.frames.push((sequence, utterance_id, pcm.len(), at))
+            }
             Event::Message { message, .. } => heard.messages.push(message),
             Event::Closed(code) => panic!("closed ({code:?}) after {:?}", heard.messages),
         }
@@ -111,7 +115,9 @@ pub async fn read_for(client: &mut Client, heard: &mut Heard, window: Duration) 
     let deadline = tokio::time::Instant::now() + window;
     while let Ok(ev) = tokio::time::timeout_at(deadline, client.next()).await {
         match ev.expect("socket ok") {
-            Event::Audio { utterance_id, sequence, pcm, at } => heard.frames.push((sequence, utterance_id, pcm.len(), at)),
+            Event::Audio { utterance_id, sequence, pcm, at } => {
+                heard.frames.push((sequence, utterance_id, pcm.len(), at))
+            }
             Event::Message { message, .. } => heard.messages.push(message),
             Event::Closed(_) => return,
         }
@@ -165,10 +171,10 @@ pub async fn wait_serving(addr: &str, within: Duration) {
         if let Ok(ch) = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await {
             let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
             let req = tonic_health::pb::HealthCheckRequest { service: "tts.TTSService".into() };
-            if let Ok(r) = h.check(req).await {
-                if r.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
-                    return;
-                }
+            if let Ok(r) = h.check(req).await
+                && r.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            {
+                return;
             }
         }
         assert!(Instant::now() < deadline, "worker at {addr} not SERVING within {within:?}");

@@ -50,9 +50,12 @@ async fn frames_until(client: &mut Client, heard: &mut Heard, n: usize) {
 
 async fn ack(client: &mut Client, heard: &mut Heard, command: Command) -> u64 {
     client.control(command).await.unwrap();
-    read_until(client, heard, Duration::from_secs(5), |e| {
-        matches!(e, Event::Message { message: ServerMessage::ControlAck { command: c, .. }, .. } if *c == command)
-    })
+    read_until(
+        client,
+        heard,
+        Duration::from_secs(5),
+        |e| matches!(e, Event::Message { message: ServerMessage::ControlAck { command: c, .. }, .. } if *c == command),
+    )
     .await;
     match heard.messages.last() {
         Some(ServerMessage::ControlAck { last_sequence, .. }) => *last_sequence,
@@ -317,12 +320,8 @@ async fn probes_report_liveness_readiness_and_metrics() {
     speak(&mut c, "count me").await;
     let (status, body) = http_get(&probes, "/metrics").await;
     assert_eq!(status, 200);
-    let frames: f64 = body
-        .lines()
-        .find_map(|l| l.strip_prefix("duplex_frames_sent_total "))
-        .expect("frames metric")
-        .parse()
-        .unwrap();
+    let frames: f64 =
+        body.lines().find_map(|l| l.strip_prefix("duplex_frames_sent_total ")).expect("frames metric").parse().unwrap();
     assert_eq!(frames as u64, mock_frames("count me"));
     assert!(body.contains("duplex_first_audio_seconds_count 1"), "{body}");
     assert!(body.contains("duplex_sessions_active 1"));

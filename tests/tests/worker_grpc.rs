@@ -138,8 +138,9 @@ async fn bad_input_gets_a_status_and_the_worker_keeps_serving() {
 
     let missing = c.start_session(StartSessionRequest::default()).await;
     assert_eq!(missing.unwrap_err().code(), Code::InvalidArgument);
-    let unknown_model =
-        c.start_session(StartSessionRequest { session_id: "x".into(), model_id: "nope".into(), ..Default::default() }).await;
+    let unknown_model = c
+        .start_session(StartSessionRequest { session_id: "x".into(), model_id: "nope".into(), ..Default::default() })
+        .await;
     assert_eq!(unknown_model.unwrap_err().code(), Code::NotFound);
     let bad_speed = c
         .start_session(StartSessionRequest {
@@ -149,14 +150,18 @@ async fn bad_input_gets_a_status_and_the_worker_keeps_serving() {
         })
         .await;
     assert_eq!(bad_speed.unwrap_err().code(), Code::InvalidArgument);
-    let bad_rate =
-        c.start_session(StartSessionRequest { session_id: "x".into(), sample_rate_hz: 8000, ..Default::default() }).await;
+    let bad_rate = c
+        .start_session(StartSessionRequest { session_id: "x".into(), sample_rate_hz: 8000, ..Default::default() })
+        .await;
     assert_eq!(bad_rate.unwrap_err().code(), Code::InvalidArgument);
 
     let ctl = |id: &str, command: i32| ControlRequest { session_id: id.into(), command, utterance_id: 0 };
     assert_eq!(c.control(ctl("ghost", 0)).await.unwrap_err().code(), Code::NotFound);
     assert_eq!(c.control(ctl("", 0)).await.unwrap_err().code(), Code::InvalidArgument);
-    assert_eq!(c.end_session(EndSessionRequest { session_id: "ghost".into() }).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        c.end_session(EndSessionRequest { session_id: "ghost".into() }).await.unwrap_err().code(),
+        Code::NotFound
+    );
 
     let no_session = c.synthesize(tokio_stream::iter(vec![chunk("ghost", "hi", true, 1)])).await;
     assert_eq!(no_session.unwrap_err().code(), Code::NotFound);
@@ -201,7 +206,8 @@ async fn stop_ends_with_a_final_frame_and_the_session_speaks_again() {
     let worker = duplex_worker::spawn(realtime_worker_config()).await.unwrap();
     let mut c = grpc(worker.addr).await;
     start(&mut c, "s").await;
-    let (tx, mut frames) = open(&mut c, chunk("s", "A rather long sentence that keeps going for a while.", true, 1)).await;
+    let (tx, mut frames) =
+        open(&mut c, chunk("s", "A rather long sentence that keeps going for a while.", true, 1)).await;
     for _ in 0..5 {
         assert!(!next(&mut frames).await.is_final);
     }
@@ -295,21 +301,26 @@ async fn health_waits_for_warm_up_and_reflection_lists_the_service() {
     // Warm-up synthesizes once; a slow first audio makes it take ~1 s.
     cfg.models = vec![EngineConfig::Mock(MockConfig { first_audio_latency_ms: 1_000, ..MockConfig::default() })];
     let worker = duplex_worker::spawn(cfg).await.unwrap();
-    let ch = tonic::transport::Channel::from_shared(format!("http://{}", worker.addr)).unwrap().connect().await.unwrap();
+    let ch =
+        tonic::transport::Channel::from_shared(format!("http://{}", worker.addr)).unwrap().connect().await.unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
     let req = || tonic_health::pb::HealthCheckRequest { service: "tts.TTSService".into() };
     let before = health.check(req()).await.unwrap().into_inner().status;
     assert_eq!(before, tonic_health::pb::health_check_response::ServingStatus::NotServing as i32);
     wait_serving(&worker.addr.to_string(), Duration::from_secs(10)).await;
 
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
     let mut refl = ServerReflectionClient::new(ch);
-    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
     let mut resp = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message().await.unwrap().unwrap().message_response else {
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message().await.unwrap().unwrap().message_response
+    else {
         panic!("expected a service list");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
@@ -331,7 +342,8 @@ async fn capabilities_and_models_report_what_is_configured_and_loaded() {
     let mut c = grpc(worker.addr).await;
 
     let models = c.list_models(ListModelsRequest {}).await.unwrap().into_inner().models;
-    let find = |models: &[duplex_proto::tts::ModelInfo], id: &str| models.iter().find(|m| m.model_id == id).cloned().unwrap();
+    let find =
+        |models: &[duplex_proto::tts::ModelInfo], id: &str| models.iter().find(|m| m.model_id == id).cloned().unwrap();
     assert!(find(&models, "mock").is_loaded);
     assert!(!find(&models, "mock-fr").is_loaded);
     assert_eq!(find(&models, "mock-fr").languages, vec!["fr"]);

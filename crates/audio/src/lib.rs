@@ -30,10 +30,7 @@ pub fn samples_to_bytes(samples: &[i16]) -> Vec<u8> {
 
 /// Decodes little-endian s16 bytes; a trailing odd byte is ignored.
 pub fn bytes_to_samples(bytes: &[u8]) -> Vec<i16> {
-    bytes
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect()
+    bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()
 }
 
 /// Root-mean-square level of a block of samples, 0.0..=1.0 of full scale.

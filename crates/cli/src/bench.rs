@@ -137,9 +137,9 @@ async fn silence_after(
                 last = at;
                 count += 1;
             }
-            Some(Event::Message { message: ServerMessage::UtteranceEnd { reason: EndReason::Stopped, .. }, .. })
-                if until_stop_end =>
-            {
+            Some(Event::Message {
+                message: ServerMessage::UtteranceEnd { reason: EndReason::Stopped, .. }, ..
+            }) if until_stop_end => {
                 break;
             }
             Some(Event::Closed(_)) => bail!("server closed the session"),
@@ -268,10 +268,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<LevelReport>> {
         println!("  pause->silence   {}", r.pause_silence);
         println!("  stop->silence    {}", r.stop_silence);
         println!("  frame jitter     {}", r.jitter);
-        println!("  frames after PAUSE (max) {}   sequence gaps (expected 0) {}", r.max_frames_after_pause, r.sequence_gaps);
+        println!(
+            "  frames after PAUSE (max) {}   sequence gaps (expected 0) {}",
+            r.max_frames_after_pause, r.sequence_gaps
+        );
         reports.push(r);
     }
-    println!("\n| sessions | first audio p50/p95/p99 | pause→silence p50/p95/p99 | stop→silence p95 | jitter p50/p95/p99 | failed |");
+    println!(
+        "\n| sessions | first audio p50/p95/p99 | pause→silence p50/p95/p99 | stop→silence p95 | jitter p50/p95/p99 | failed |"
+    );
     println!("|---:|---|---|---|---|---:|");
     for r in &reports {
         println!(

@@ -4,9 +4,7 @@
 use std::time::Instant;
 
 use base64::Engine as _;
-use duplex_orchestrator::protocol::{
-    AudioFormat, ClientMessage, Command, ServerMessage, parse_binary_audio,
-};
+use duplex_orchestrator::protocol::{AudioFormat, ClientMessage, Command, ServerMessage, parse_binary_audio};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -15,8 +13,16 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// Something the server sent, with its arrival time.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Audio { utterance_id: u64, sequence: u64, pcm: Vec<u8>, at: Instant },
-    Message { message: ServerMessage, at: Instant },
+    Audio {
+        utterance_id: u64,
+        sequence: u64,
+        pcm: Vec<u8>,
+        at: Instant,
+    },
+    Message {
+        message: ServerMessage,
+        at: Instant,
+    },
     /// The server closed the socket (close code, if any).
     Closed(Option<u16>),
 }

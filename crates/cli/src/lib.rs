@@ -3,7 +3,7 @@
 //! - [`client`]: WebSocket client of the orchestrator protocol.
 //! - [`talk`]: send text and controls, save or play the reply.
 //! - [`bench`]: latency, control and jitter benchmark at several concurrencies.
-//! - [`stats`]: percentiles.
+//! - [`stats`]: percentile summaries.
 
 pub mod bench;
 pub mod client;

@@ -98,7 +98,8 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Bench { sessions, url, json } => {
             let lookahead = duplex_orchestrator::Config::default().playout.lookahead_frames as usize;
             let audio_format = if json { AudioFormat::Json } else { AudioFormat::Binary };
-            let args = duplex_cli::bench::BenchArgs { levels: sessions, url, audio_format, lookahead_frames: lookahead };
+            let args =
+                duplex_cli::bench::BenchArgs { levels: sessions, url, audio_format, lookahead_frames: lookahead };
             let reports = duplex_cli::bench::run(args).await?;
             let failed: usize = reports.iter().map(|r| r.failed).sum();
             anyhow::ensure!(failed == 0, "{failed} benchmark sessions failed");

@@ -23,7 +23,11 @@ impl Summary {
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "p50 {:7.2}  p95 {:7.2}  p99 {:7.2}  max {:7.2}  (n={})", self.p50, self.p95, self.p99, self.max, self.count)
+        write!(
+            f,
+            "p50 {:7.2}  p95 {:7.2}  p99 {:7.2}  max {:7.2}  (n={})",
+            self.p50, self.p95, self.p99, self.max, self.count
+        )
     }
 }
 

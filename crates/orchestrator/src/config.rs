@@ -204,8 +204,11 @@ impl Config {
             self.log.level = v.to_lowercase();
         }
         if let Some(v) = env("LOG_FORMAT") {
-            self.log.format = serde_yaml::from_str(&v)
-                .map_err(|_| ConfigError::Env { name: "LOG_FORMAT", value: v, reason: "expected text or json".into() })?;
+            self.log.format = serde_yaml::from_str(&v).map_err(|_| ConfigError::Env {
+                name: "LOG_FORMAT",
+                value: v,
+                reason: "expected text or json".into(),
+            })?;
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! Prometheus metrics of the orchestrator (names documented in docs/METRICS.md).
 
-use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -29,16 +31,18 @@ impl Metrics {
         let sessions_rejected =
             IntCounter::new("sessions_rejected_total", "WebSocket sessions refused with BUSY").expect("metric");
         let frames_sent = IntCounter::new("frames_sent_total", "20 ms audio frames sent to clients").expect("metric");
-        let utterances =
-            IntCounterVec::new(Opts::new("utterances_total", "Utterances ended, by reason"), &["reason"]).expect("metric");
+        let utterances = IntCounterVec::new(Opts::new("utterances_total", "Utterances ended, by reason"), &["reason"])
+            .expect("metric");
         let errors = IntCounterVec::new(Opts::new("errors_total", "Error events sent to clients, by code"), &["code"])
             .expect("metric");
         let first_audio = Histogram::with_opts(
-            HistogramOpts::new("first_audio_seconds", "Text received to first audio frame sent").buckets(seconds_buckets()),
+            HistogramOpts::new("first_audio_seconds", "Text received to first audio frame sent")
+                .buckets(seconds_buckets()),
         )
         .expect("metric");
         let control = HistogramVec::new(
-            HistogramOpts::new("control_seconds", "Control message received to playout changed").buckets(seconds_buckets()),
+            HistogramOpts::new("control_seconds", "Control message received to playout changed")
+                .buckets(seconds_buckets()),
             &["command"],
         )
         .expect("metric");
@@ -54,7 +58,17 @@ impl Metrics {
         ] {
             registry.register(c).expect("unique metric names");
         }
-        Self { registry, sessions_active, sessions_total, sessions_rejected, frames_sent, utterances, errors, first_audio, control }
+        Self {
+            registry,
+            sessions_active,
+            sessions_total,
+            sessions_rejected,
+            frames_sent,
+            utterances,
+            errors,
+            first_audio,
+            control,
+        }
     }
 
     /// The text exposition format.

@@ -42,7 +42,13 @@ impl Playout {
     /// `capacity`: audio frames held before the worker stream stops being read.
     /// `lookahead`: frames sent ahead of real time (the client's buffer).
     pub fn new(capacity: usize, lookahead: u32) -> Self {
-        Self { queue: VecDeque::with_capacity(capacity + 4), capacity: capacity.max(1), lookahead, paused: false, anchor: None }
+        Self {
+            queue: VecDeque::with_capacity(capacity + 4),
+            capacity: capacity.max(1),
+            lookahead,
+            paused: false,
+            anchor: None,
+        }
     }
 
     pub fn has_room(&self) -> bool {
@@ -89,7 +95,9 @@ impl Playout {
         let entry = self.queue.pop_front()?;
         if matches!(entry, Entry::Audio { .. }) {
             self.anchor = match self.anchor {
-                Some((start, sent)) if now <= start + FRAME_DURATION * sent.saturating_sub(self.lookahead) + FRAME_DURATION => {
+                Some((start, sent))
+                    if now <= start + FRAME_DURATION * sent.saturating_sub(self.lookahead) + FRAME_DURATION =>
+                {
                     Some((start, sent + 1))
                 }
                 _ => Some((now, 1)),

@@ -45,7 +45,9 @@ pub enum ClientMessage {
         #[serde(default = "default_true")]
         is_final: bool,
     },
-    Control { command: Command },
+    Control {
+        command: Command,
+    },
     /// Session settings; may be sent at any time.
     Config {
         #[serde(default)]
@@ -126,10 +128,19 @@ pub enum ServerMessage {
         utterance_id: u64,
     },
     /// The last audio of an utterance has been sent (or it was stopped or failed).
-    UtteranceEnd { utterance_id: u64, reason: EndReason, frames: u64 },
+    UtteranceEnd {
+        utterance_id: u64,
+        reason: EndReason,
+        frames: u64,
+    },
     /// A control command took effect; `last_sequence` is the last audio frame sent before it.
-    ControlAck { command: Command, last_sequence: u64 },
-    Config { audio_format: AudioFormat },
+    ControlAck {
+        command: Command,
+        last_sequence: u64,
+    },
+    Config {
+        audio_format: AudioFormat,
+    },
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
@@ -140,7 +151,10 @@ pub enum ServerMessage {
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
     },
-    SessionEnd { session_id: String, reason: String },
+    SessionEnd {
+        session_id: String,
+        reason: String,
+    },
 }
 
 impl ServerMessage {
@@ -278,8 +292,14 @@ mod tests {
     #[test]
     fn server_messages_have_the_predecessor_shape() {
         let v: serde_json::Value = serde_json::from_str(
-            &ServerMessage::Audio { pcm: "AA==".into(), sample_rate: 48000, frame_ms: 20, sequence: 3, utterance_id: 1 }
-                .to_json(),
+            &ServerMessage::Audio {
+                pcm: "AA==".into(),
+                sample_rate: 48000,
+                frame_ms: 20,
+                sequence: 3,
+                utterance_id: 1,
+            }
+            .to_json(),
         )
         .unwrap();
         assert_eq!(v["type"], "audio");

@@ -147,11 +147,8 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
     });
-    let app = Router::new()
-        .route("/", get(websocket))
-        .route("/ws", get(websocket))
-        .merge(probes())
-        .with_state(state.clone());
+    let app =
+        Router::new().route("/", get(websocket)).route("/ws", get(websocket)).merge(probes()).with_state(state.clone());
     tracing::info!(
         addr = ?main.local_addr().ok(),
         probes = ?probe.as_ref().and_then(|l| l.local_addr().ok()),

@@ -85,7 +85,10 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, audio_format: AudioFor
         state.metrics.errors.with_label_values(&[ErrorCode::Busy.as_str()]).inc();
         let busy = ServerMessage::Error {
             code: ErrorCode::Busy,
-            message: format!("server is at capacity ({} sessions); try again shortly", state.config.session.max_sessions),
+            message: format!(
+                "server is at capacity ({} sessions); try again shortly",
+                state.config.session.max_sessions
+            ),
             retry_after_ms: Some(BUSY_RETRY_AFTER_MS),
         };
         let _ = ws_tx.send(Message::Text(busy.to_json().into())).await;
@@ -305,7 +308,8 @@ impl Session {
         let max = self.state.config.session.max_text_chars;
         let chars = text.chars().count();
         if chars > max {
-            return self.error(ErrorCode::InvalidMessage, format!("text of {chars} characters exceeds the limit of {max}"));
+            return self
+                .error(ErrorCode::InvalidMessage, format!("text of {chars} characters exceeds the limit of {max}"));
         }
         let now = Instant::now();
         let utterance_id = match self.open_utterance {
@@ -382,7 +386,11 @@ impl Session {
                 ControlCommand::Stop
             }
         };
-        self.state.metrics.control.with_label_values(&[command_label(command)]).observe(received.elapsed().as_secs_f64());
+        self.state
+            .metrics
+            .control
+            .with_label_values(&[command_label(command)])
+            .observe(received.elapsed().as_secs_f64());
         if self.link.is_some() && self.control_tx.try_send((worker_command, self.last_utterance)).is_err() {
             tracing::warn!("control queue full; the worker may keep synthesizing");
         }
@@ -394,7 +402,11 @@ impl Session {
             Ok(Some(f)) => f,
             Ok(None) => {
                 self.link = None;
-                return if self.active.is_empty() { Flow::Continue } else { self.worker_failed("worker ended the stream") };
+                return if self.active.is_empty() {
+                    Flow::Continue
+                } else {
+                    self.worker_failed("worker ended the stream")
+                };
             }
             Err(status) => {
                 self.link = None;
@@ -425,10 +437,10 @@ impl Session {
             let flow = match entry {
                 Entry::Audio { utterance_id, pcm, last } => self.send_audio(utterance_id, pcm, last, now),
                 Entry::End { utterance_id, reason, error } => {
-                    if let Some(msg) = error {
-                        if let Flow::End(r) = self.error(ErrorCode::SynthesisFailed, format!("synthesis failed: {msg}")) {
-                            return Flow::End(r);
-                        }
+                    if let Some(msg) = error
+                        && let Flow::End(r) = self.error(ErrorCode::SynthesisFailed, format!("synthesis failed: {msg}"))
+                    {
+                        return Flow::End(r);
                     }
                     match self.active.remove(&utterance_id) {
                         Some(u) => self.end_utterance(utterance_id, u, reason),

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use duplex_proto::TtsServiceClient;
-use duplex_proto::tts::{AudioFrame, ControlCommand, ControlRequest, EndSessionRequest, StartSessionRequest, TextChunk};
+use duplex_proto::tts::{
+    AudioFrame, ControlCommand, ControlRequest, EndSessionRequest, StartSessionRequest, TextChunk,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -58,7 +60,12 @@ impl WorkerPool {
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
             .connect_lazy();
-        Ok(Self { addr: routing.static_worker_addr.clone(), channel, timeout, default_model: routing.default_model.clone() })
+        Ok(Self {
+            addr: routing.static_worker_addr.clone(),
+            channel,
+            timeout,
+            default_model: routing.default_model.clone(),
+        })
     }
 
     pub fn addr(&self) -> &str {
@@ -82,7 +89,9 @@ impl WorkerPool {
     async fn timed<T>(&self, fut: impl Future<Output = Result<T, Status>>) -> Result<T, WorkerError> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(r) => r.map_err(|s| self.map_status(s)),
-            Err(_) => Err(WorkerError::Timeout { addr: self.addr.clone(), timeout_ms: self.timeout.as_millis() as u64 }),
+            Err(_) => {
+                Err(WorkerError::Timeout { addr: self.addr.clone(), timeout_ms: self.timeout.as_millis() as u64 })
+            }
         }
     }
 
@@ -94,7 +103,10 @@ impl WorkerPool {
         if resp.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
             Ok(())
         } else {
-            Err(WorkerError::Unreachable { addr: self.addr.clone(), message: "not SERVING (warming up or draining)".into() })
+            Err(WorkerError::Unreachable {
+                addr: self.addr.clone(),
+                message: "not SERVING (warming up or draining)".into(),
+            })
         }
     }
 
@@ -114,7 +126,12 @@ impl WorkerPool {
         Ok(WorkerStream { text_tx, frames })
     }
 
-    pub async fn control(&self, session_id: &str, command: ControlCommand, utterance_id: u64) -> Result<(), WorkerError> {
+    pub async fn control(
+        &self,
+        session_id: &str,
+        command: ControlCommand,
+        utterance_id: u64,
+    ) -> Result<(), WorkerError> {
         let req = ControlRequest { session_id: session_id.to_string(), command: command as i32, utterance_id };
         self.timed(self.client().control(req)).await.map(|_| ())
     }

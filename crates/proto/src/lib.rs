@@ -17,8 +17,5 @@ pub use tts::tts_service_server::{TtsService, TtsServiceServer};
 
 /// Milliseconds since the Unix epoch, as the contract's `timestamp_ms` fields carry it.
 pub fn unix_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

@@ -41,7 +41,8 @@ pub fn init(config: &LogConfig) -> Result<(), TelemetryError> {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
         Ok(f) if !f.is_empty() => EnvFilter::try_new(&f).map_err(|e| TelemetryError::Filter(f, e.to_string()))?,
-        _ => EnvFilter::try_new(&config.level).map_err(|e| TelemetryError::Filter(config.level.clone(), e.to_string()))?,
+        _ => EnvFilter::try_new(&config.level)
+            .map_err(|e| TelemetryError::Filter(config.level.clone(), e.to_string()))?,
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = match config.format {

@@ -91,7 +91,10 @@ pub struct EngineHost {
 
 impl std::fmt::Debug for EngineHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EngineHost").field("model", &self.descriptor.model_id).field("lanes", &self.lanes.len()).finish()
+        f.debug_struct("EngineHost")
+            .field("model", &self.descriptor.model_id)
+            .field("lanes", &self.lanes.len())
+            .finish()
     }
 }
 
@@ -155,7 +158,8 @@ impl EngineHost {
         let control = Arc::new(Control::default());
         // Count it now so back-to-back starts spread over lanes.
         lane.active.fetch_add(1, Ordering::Relaxed);
-        lane.send(Command::Start { id, params, events_tx, control: control.clone() }, &self.descriptor.model_id).await?;
+        lane.send(Command::Start { id, params, events_tx, control: control.clone() }, &self.descriptor.model_id)
+            .await?;
         let handle = JobHandle { id, lane, model: self.descriptor.model_id.as_str().into(), control };
         Ok(Job { handle, events_rx })
     }
@@ -279,7 +283,13 @@ impl Running {
         }
         let Ok(mut moved) = self.flush() else { return Progress::Gone };
         if self.ended {
-            return if self.outbox.is_empty() { Progress::Gone } else if moved { Progress::Moved } else { Progress::Idle };
+            return if self.outbox.is_empty() {
+                Progress::Gone
+            } else if moved {
+                Progress::Moved
+            } else {
+                Progress::Idle
+            };
         }
         if self.control.paused.load(Ordering::Relaxed) || !self.outbox.is_empty() {
             return if moved { Progress::Moved } else { Progress::Idle };
@@ -331,7 +341,8 @@ fn run_lane(mut engine: Box<dyn Engine>, mut cmd_rx: mpsc::Receiver<Command>, ac
                         ended: false,
                     }),
                     Err(e) => {
-                        let _ = events_tx.try_send(JobEvent::End { last: None, outcome: Outcome::Failed(e.to_string()) });
+                        let _ =
+                            events_tx.try_send(JobEvent::End { last: None, outcome: Outcome::Failed(e.to_string()) });
                         active.fetch_sub(1, Ordering::Relaxed);
                     }
                 },

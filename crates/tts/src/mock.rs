@@ -92,14 +92,16 @@ impl Engine for MockEngine {
 
     fn start(&mut self, params: &SynthesisParams) -> Result<Box<dyn Synthesis>, EngineError> {
         if !(params.speed > 0.0 && params.speed.is_finite()) {
-            return Err(EngineError::InvalidOption { name: "speed", reason: format!("must be > 0, got {}", params.speed) });
+            return Err(EngineError::InvalidOption {
+                name: "speed",
+                reason: format!("must be > 0, got {}", params.speed),
+            });
         }
-        if let Some(v) = &params.voice {
-            if v != "default" {
-                return Err(EngineError::VoiceNotFound(v.clone()));
-            }
+        if let Some(v) = params.voice.as_ref().filter(|v| *v != "default") {
+            return Err(EngineError::VoiceNotFound(v.clone()));
         }
-        let samples_per_char = (self.config.ms_per_char as f32 / params.speed * SAMPLE_RATE_HZ as f32 / 1000.0) as usize;
+        let samples_per_char =
+            (self.config.ms_per_char as f32 / params.speed * SAMPLE_RATE_HZ as f32 / 1000.0) as usize;
         Ok(Box::new(MockSynthesis {
             samples_per_char: samples_per_char.max(1),
             latency: Duration::from_millis(self.config.first_audio_latency_ms as u64),

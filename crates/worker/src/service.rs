@@ -79,11 +79,9 @@ fn session_params(req: &StartSessionRequest) -> Result<SynthesisParams, Status> 
     for (key, value) in &req.options {
         match key.as_str() {
             "speed" => {
-                let speed: f32 = value
-                    .parse()
-                    .ok()
-                    .filter(|s| SPEED_RANGE.contains(s))
-                    .ok_or_else(|| Status::invalid_argument(format!("option speed={value:?}: expected a number in 0.25..=4")))?;
+                let speed: f32 = value.parse().ok().filter(|s| SPEED_RANGE.contains(s)).ok_or_else(|| {
+                    Status::invalid_argument(format!("option speed={value:?}: expected a number in 0.25..=4"))
+                })?;
                 params.speed = speed;
             }
             other => tracing::debug!(option = other, "ignoring unknown session option"),
@@ -97,7 +95,10 @@ fn session_params(req: &StartSessionRequest) -> Result<SynthesisParams, Status> 
 
 #[tonic::async_trait]
 impl TtsService for Service {
-    async fn start_session(&self, request: Request<StartSessionRequest>) -> Result<Response<StartSessionResponse>, Status> {
+    async fn start_session(
+        &self,
+        request: Request<StartSessionRequest>,
+    ) -> Result<Response<StartSessionResponse>, Status> {
         let state = &self.0;
         let req = request.into_inner();
         let id = require_id("session_id", &req.session_id)?;
@@ -115,20 +116,22 @@ impl TtsService for Service {
         let model_id = if req.model_id.is_empty() { state.config.default_model.clone() } else { req.model_id.clone() };
         if !req.language.is_empty() {
             let cfg = state.models.configs().iter().find(|c| c.model_id() == model_id);
-            if let Some(languages) = cfg.map(|c| c.languages()) {
-                if !languages.iter().any(|l| req.language.starts_with(l.as_str())) {
-                    return Err(Status::invalid_argument(format!(
-                        "model {model_id:?} does not speak {:?} (it speaks {})",
-                        req.language,
-                        languages.join(", ")
-                    )));
-                }
+            if let Some(languages) = cfg.map(|c| c.languages())
+                && !languages.iter().any(|l| req.language.starts_with(l.as_str()))
+            {
+                return Err(Status::invalid_argument(format!(
+                    "model {model_id:?} does not speak {:?} (it speaks {})",
+                    req.language,
+                    languages.join(", ")
+                )));
             }
         }
         let (model, _) = state.models.load(&model_id).await.map_err(model_status)?;
         let session = Arc::new(Session::new(id.to_string(), model, params, &state.sessions_token));
         if let Err(open) = state.sessions.insert(session, state.config.limits.max_sessions) {
-            return Err(Status::resource_exhausted(format!("worker is at capacity ({open} sessions); try another worker")));
+            return Err(Status::resource_exhausted(format!(
+                "worker is at capacity ({open} sessions); try another worker"
+            )));
         }
         tracing::info!(session_id = id, model = %model_id, "session started");
         Ok(Response::new(StartSessionResponse {
@@ -150,7 +153,10 @@ impl TtsService for Service {
 
     type SynthesizeStream = FrameStream;
 
-    async fn synthesize(&self, request: Request<Streaming<TextChunk>>) -> Result<Response<Self::SynthesizeStream>, Status> {
+    async fn synthesize(
+        &self,
+        request: Request<Streaming<TextChunk>>,
+    ) -> Result<Response<Self::SynthesizeStream>, Status> {
         let state = &self.0;
         let limits = StreamLimits {
             max_text_chars: state.config.limits.max_text_chars,
@@ -221,15 +227,15 @@ impl TtsService for Service {
         }))
     }
 
-    async fn unload_model(&self, request: Request<UnloadModelRequest>) -> Result<Response<UnloadModelResponse>, Status> {
+    async fn unload_model(
+        &self,
+        request: Request<UnloadModelRequest>,
+    ) -> Result<Response<UnloadModelResponse>, Status> {
         let req = request.into_inner();
         let id = require_id("model_id", &req.model_id)?;
         let was_loaded = self.0.models.unload(id).map_err(model_status)?;
-        let message = if was_loaded {
-            "unloaded; sessions still using it keep it until they end"
-        } else {
-            "was not loaded"
-        };
+        let message =
+            if was_loaded { "unloaded; sessions still using it keep it until they end" } else { "was not loaded" };
         Ok(Response::new(UnloadModelResponse { success: was_loaded, message: message.into() }))
     }
 
@@ -239,12 +245,8 @@ impl TtsService for Service {
     ) -> Result<Response<GetCapabilitiesResponse>, Status> {
         let state = &self.0;
         let loaded = state.models.loaded();
-        let languages: BTreeSet<String> = state
-            .models
-            .configs()
-            .iter()
-            .flat_map(|c| c.languages().iter().cloned())
-            .collect();
+        let languages: BTreeSet<String> =
+            state.models.configs().iter().flat_map(|c| c.languages().iter().cloned()).collect();
         let capabilities = Capabilities {
             streaming: true,
             zero_shot: false,

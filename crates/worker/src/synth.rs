@@ -65,12 +65,12 @@ pub async fn open(
     if first.session_id.is_empty() {
         return Err(Status::invalid_argument("session_id is required on the first chunk"));
     }
-    let session = sessions
-        .get(&first.session_id)
-        .ok_or_else(|| Status::not_found(format!("session {:?} not found; call StartSession first", first.session_id)))?;
-    let guard = session
-        .claim_stream()
-        .ok_or_else(|| Status::failed_precondition(format!("session {:?} already has a Synthesize stream", session.id)))?;
+    let session = sessions.get(&first.session_id).ok_or_else(|| {
+        Status::not_found(format!("session {:?} not found; call StartSession first", first.session_id))
+    })?;
+    let guard = session.claim_stream().ok_or_else(|| {
+        Status::failed_precondition(format!("session {:?} already has a Synthesize stream", session.id))
+    })?;
 
     let (out_tx, out_rx) = mpsc::channel(OUTPUT_QUEUE_FRAMES);
     // Bounded by the limit: a client queueing more utterances gets RESOURCE_EXHAUSTED.
@@ -176,11 +176,12 @@ async fn read_text(
             let _ = o.abort.set(msg.clone());
             return fail(&item_tx, open, Status::resource_exhausted(msg)).await;
         }
-        if let Some(h) = &o.handle {
-            if !chunk.text.is_empty() && h.push_text(chunk.text).await.is_err() {
-                let _ = o.abort.set("engine stopped".into());
-                h.cancel();
-            }
+        if let Some(h) = &o.handle
+            && !chunk.text.is_empty()
+            && h.push_text(chunk.text).await.is_err()
+        {
+            let _ = o.abort.set("engine stopped".into());
+            h.cancel();
         }
         if chunk.is_final {
             open.take().expect("opened above").finish().await;
@@ -203,6 +204,9 @@ async fn fail(item_tx: &mpsc::Sender<Item>, open: Option<Open>, status: Status) 
     let _ = item_tx.send(Item::Fail(status)).await;
 }
 
+/// How an utterance ended, and the error message when it failed.
+type End = (EndReason, String);
+
 /// Why the writer stopped early.
 struct ClientGone;
 
@@ -214,7 +218,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn frame(&mut self, utterance_id: u64, audio: Vec<u8>, end: Option<(EndReason, String)>) -> AudioFrame {
+    fn frame(&mut self, utterance_id: u64, audio: Vec<u8>, end: Option<End>) -> AudioFrame {
         self.sequence += 1;
         let (is_final, end_reason, error_message) = match end {
             Some((reason, msg)) => (true, reason as i32, msg),
@@ -253,7 +257,7 @@ impl Writer {
         let mut stops_rx = session.subscribe_stops();
         let out_tx = self.out_tx.clone();
         // A frame taken from the job but not yet sent, and whether it ends the utterance.
-        let mut pending: Option<(Vec<u8>, Option<(EndReason, String)>)> = None;
+        let mut pending: Option<(Vec<u8>, Option<End>)> = None;
         let result = loop {
             if session.is_stopped(u.id) || session.closed.is_cancelled() {
                 drop(job);
