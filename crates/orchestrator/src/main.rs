@@ -21,6 +21,9 @@ struct Args {
     /// Validate the config, print it and exit.
     #[arg(long)]
     check_config: bool,
+    /// Health probe for containers: exit 0 if the local /ready answers 200.
+    #[arg(long)]
+    probe: bool,
 }
 
 #[tokio::main]
@@ -34,6 +37,9 @@ async fn main() -> anyhow::Result<()> {
         config.routing.static_worker_addr = worker;
     }
     config.validate()?;
+    if args.probe {
+        return duplex_orchestrator::server::probe(config.transport.websocket.port).await;
+    }
     if args.check_config {
         print!("{}", serde_yaml::to_string(&config)?);
         return Ok(());

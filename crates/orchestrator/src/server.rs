@@ -59,10 +59,8 @@ struct ConnectParams {
     audio_format: Option<AudioFormat>,
 }
 
-const INDEX: &str = "<!doctype html><meta charset=utf-8><title>Duplex</title>\
-<h1>Duplex orchestrator</h1><p>Connect a WebSocket client to <code>/ws</code> \
-(or <code>/</code>); see the README for the protocol and <code>duplex talk</code>. \
-Probes: <a href=/health>/health</a>, <a href=/ready>/ready</a>, <a href=/metrics>/metrics</a>.</p>";
+/// The demo page: type text, hear it, pause/resume/stop (served at `/`).
+const INDEX: &str = include_str!("../static/index.html");
 
 async fn websocket(
     State(state): State<Arc<AppState>>,
@@ -182,5 +180,21 @@ pub async fn serve(
         tracing::warn!("shutdown grace period over; exiting with connections open");
     }
     tracing::info!("orchestrator stopped");
+    Ok(())
+}
+
+/// GET http://127.0.0.1:`port`/ready; Ok if it answers 200 (container health checks).
+pub async fn probe(port: u16) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    let out = tokio::time::timeout(Duration::from_secs(3), io).await??;
+    let status = out.split_whitespace().nth(1).unwrap_or("");
+    anyhow::ensure!(status == "200", "not ready: {}", out.lines().last().unwrap_or(""));
     Ok(())
 }

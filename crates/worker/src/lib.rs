@@ -16,4 +16,4 @@ pub mod session;
 pub mod synth;
 
 pub use config::Config;
-pub use server::{Handle, run, spawn};
+pub use server::{Handle, probe, run, spawn};

@@ -18,6 +18,9 @@ struct Args {
     /// Validate the config, print it and exit.
     #[arg(long)]
     check_config: bool,
+    /// Health probe for containers: exit 0 if the local worker is SERVING.
+    #[arg(long)]
+    probe: bool,
 }
 
 #[tokio::main]
@@ -26,6 +29,9 @@ async fn main() -> anyhow::Result<()> {
     let mut config = duplex_worker::Config::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
     if let Some(port) = args.port {
         config.grpc.port = port;
+    }
+    if args.probe {
+        return duplex_worker::probe(config.grpc.port).await;
     }
     if args.check_config {
         print!("{}", serde_yaml::to_string(&config)?);

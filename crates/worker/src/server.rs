@@ -117,3 +117,18 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: Cancellation
     tracing::info!("worker stopped");
     Ok(())
 }
+
+/// Checks the gRPC health of the worker on 127.0.0.1:`port` (container health checks).
+pub async fn probe(port: u16) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let req = tonic_health::pb::HealthCheckRequest { service: "tts.TTSService".into() };
+    let status = client.check(req).await?.into_inner().status;
+    anyhow::ensure!(status == ServingStatus::Serving as i32, "worker is not SERVING (status {status})");
+    Ok(())
+}

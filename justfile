@@ -1,0 +1,65 @@
+# Duplex recipes. `./dev <recipe>` runs them on a machine without just.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes.
+default:
+    @just --list
+
+# Build and run the demo: orchestrator + worker, http://localhost:8080 (Ctrl-C stops).
+demo:
+    @echo "demo: building (release; the first build takes a few minutes)"
+    cargo build --release -p duplex-cli --bin duplex
+    ./target/release/duplex demo
+
+# Every test: format, lint, predecessor-client compatibility, unit and integration tests.
+test: fmt-check lint test-compat test-rust
+
+# Unit and integration tests (cargo-nextest when installed, else cargo test).
+test-rust:
+    if cargo nextest --version >/dev/null 2>&1; then \
+      cargo nextest run --workspace --no-fail-fast; \
+    else \
+      cargo test --workspace --no-fail-fast; \
+    fi
+
+# Cross-process suite: real worker processes (SIGKILL/SIGSTOP/SIGTERM), WebSocket and gRPC clients.
+test-integration:
+    if cargo nextest --version >/dev/null 2>&1; then \
+      cargo nextest run -p duplex-tests --no-fail-fast; \
+    else \
+      cargo test -p duplex-tests --no-fail-fast; \
+    fi
+
+# The predecessor's Python gRPC client against our worker.
+test-compat:
+    scripts/compat-test
+
+# Benchmark the mock stack: first audio, control-to-silence, jitter (e.g. `just bench --sessions 1,10`).
+bench *ARGS:
+    cargo build --release -p duplex-cli -p duplex-worker -p duplex-orchestrator
+    ./target/release/duplex bench {{ARGS}}
+
+# Speak text through a running demo and save it (`just talk "Hello" out.wav`).
+talk TEXT OUT="reply.wav":
+    cargo run --quiet -p duplex-cli --bin duplex -- talk "{{TEXT}}" --out "{{OUT}}"
+
+# Validate configs/*.yaml.
+check-config:
+    cargo run --quiet -p duplex-cli --bin duplex -- check-config
+
+# Run the worker alone (port 7001).
+worker:
+    cargo run --release -p duplex-worker -- --config configs/worker.yaml
+
+# Run the orchestrator alone (port 8080, worker at TTS_WORKER_ADDR or the config).
+orchestrator:
+    cargo run --release -p duplex-orchestrator -- --config configs/orchestrator.yaml
+
+fmt:
+    cargo fmt --all
+
+fmt-check:
+    cargo fmt --all --check
+
+lint:
+    cargo clippy --workspace --all-targets -- -D warnings
