@@ -1,14 +1,15 @@
 //! `duplex bench`: runs the worker and orchestrator as child processes (or
 //! uses a running orchestrator) and measures, at each concurrency level:
 //! first audio (text sent → first audio frame received), PAUSE and STOP to
-//! silence (command sent → last frame received), and frame-interval jitter
-//! (|arrival interval − 20 ms| once playout is in steady state).
+//! silence (command sent → last frame received after it; 0 when none came),
+//! PAUSE to its acknowledgement (the server has stopped sending: a round trip),
+//! and frame-interval jitter (|arrival interval − 20 ms| in steady state).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use duplex_orchestrator::protocol::{AudioFormat, Command, EndReason, ServerMessage};
+use duplex_orchestrator::protocol::{AudioFormat, Command, ServerMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command as Process};
 
@@ -39,6 +40,7 @@ pub struct BenchArgs {
 struct Sample {
     first_audio: f64,
     pause_silence: f64,
+    pause_ack: f64,
     stop_silence: f64,
     frames_after_pause: usize,
     jitter: Vec<f64>,
@@ -52,6 +54,7 @@ pub struct LevelReport {
     pub failed: usize,
     pub first_audio: Summary,
     pub pause_silence: Summary,
+    pub pause_ack: Summary,
     pub stop_silence: Summary,
     pub jitter: Summary,
     pub max_frames_after_pause: usize,
@@ -119,34 +122,40 @@ async fn next_within(client: &mut Client, until: Instant) -> anyhow::Result<Opti
     }
 }
 
-/// Watches for frames after a control command; returns the last arrival.
+/// What followed a control command, in ms: last audio after it, its ack.
+struct AfterControl {
+    silence: f64,
+    frames: usize,
+    ack: f64,
+}
+
+/// Watches what arrives in the window after a control command.
 async fn silence_after(
     client: &mut Client,
     sent: Instant,
     seen: &mut Vec<(u64, Instant)>,
-    until_stop_end: bool,
-) -> anyhow::Result<(f64, usize)> {
+) -> anyhow::Result<AfterControl> {
     let mut last = sent;
     let mut count = 0;
+    let mut ack = None;
     let until = sent + SILENCE_WINDOW;
     loop {
         match next_within(client, until).await? {
             None => break,
+            Some(Event::Message { message: ServerMessage::ControlAck { .. }, at }) => {
+                ack = Some((at - sent).as_secs_f64() * 1e3);
+            }
             Some(Event::Audio { sequence, at, .. }) => {
                 seen.push((sequence, at));
                 last = at;
                 count += 1;
             }
-            Some(Event::Message {
-                message: ServerMessage::UtteranceEnd { reason: EndReason::Stopped, .. }, ..
-            }) if until_stop_end => {
-                break;
-            }
             Some(Event::Closed(_)) => bail!("server closed the session"),
             Some(_) => {}
         }
     }
-    Ok(((last - sent).as_secs_f64() * 1e3, count))
+    let ack = ack.ok_or_else(|| anyhow::anyhow!("no control_ack within {SILENCE_WINDOW:?}"))?;
+    Ok(AfterControl { silence: (last - sent).as_secs_f64() * 1e3, frames: count, ack })
 }
 
 async fn one_session(url: String, format: AudioFormat, offset: Duration, lookahead: usize) -> anyhow::Result<Sample> {
@@ -172,9 +181,10 @@ async fn one_session(url: String, format: AudioFormat, offset: Duration, lookahe
 
     let paused = Instant::now();
     client.control(Command::Pause).await?;
-    let (silence, after) = silence_after(&mut client, paused, &mut seen, false).await?;
-    sample.pause_silence = silence;
-    sample.frames_after_pause = after;
+    let after = silence_after(&mut client, paused, &mut seen).await?;
+    sample.pause_silence = after.silence;
+    sample.frames_after_pause = after.frames;
+    sample.pause_ack = after.ack;
     let run1_end = seen.len();
 
     client.control(Command::Resume).await?;
@@ -189,8 +199,8 @@ async fn one_session(url: String, format: AudioFormat, offset: Duration, lookahe
     let run2_end = seen.len();
     let stopped = Instant::now();
     client.control(Command::Stop).await?;
-    let (silence, _) = silence_after(&mut client, stopped, &mut seen, true).await?;
-    sample.stop_silence = silence;
+    let after = silence_after(&mut client, stopped, &mut seen).await?;
+    sample.stop_silence = after.silence;
 
     // Steady-state intervals: skip the look-ahead burst at the start of each run.
     for (from, to) in [(0, run1.min(run1_end)), (resumed_at, run2_end)] {
@@ -215,13 +225,14 @@ pub async fn run_level(url: &str, sessions: usize, args: &BenchArgs) -> LevelRep
         let offset = START_SPREAD.mul_f64(i as f64 / sessions.max(1) as f64);
         set.spawn(one_session(url.to_string(), args.audio_format, offset, args.lookahead_frames));
     }
-    let (mut first, mut pause, mut stop, mut jitter) = (vec![], vec![], vec![], vec![]);
+    let (mut first, mut pause, mut ack, mut stop, mut jitter) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut failed, mut max_after, mut gaps) = (0, 0, 0);
     while let Some(r) = set.join_next().await {
         match r {
             Ok(Ok(s)) => {
                 first.push(s.first_audio);
                 pause.push(s.pause_silence);
+                ack.push(s.pause_ack);
                 stop.push(s.stop_silence);
                 jitter.extend(s.jitter);
                 max_after = max_after.max(s.frames_after_pause);
@@ -244,6 +255,7 @@ pub async fn run_level(url: &str, sessions: usize, args: &BenchArgs) -> LevelRep
         failed,
         first_audio: Summary::of(&mut first),
         pause_silence: Summary::of(&mut pause),
+        pause_ack: Summary::of(&mut ack),
         stop_silence: Summary::of(&mut stop),
         jitter: Summary::of(&mut jitter),
         max_frames_after_pause: max_after,
@@ -266,6 +278,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<LevelReport>> {
         println!("\n== {n} concurrent sessions ({} failed) ==", r.failed);
         println!("  first audio      {}", r.first_audio);
         println!("  pause->silence   {}", r.pause_silence);
+        println!("  pause->ack       {}", r.pause_ack);
         println!("  stop->silence    {}", r.stop_silence);
         println!("  frame jitter     {}", r.jitter);
         println!(
@@ -275,19 +288,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<LevelReport>> {
         reports.push(r);
     }
     println!(
-        "\n| sessions | first audio p50/p95/p99 | pause→silence p50/p95/p99 | stop→silence p95 | jitter p50/p95/p99 | failed |"
+        "\n| sessions | first audio p50/p95/p99 | pause→silence p95/p99 | pause→ack p95/p99 | stop→silence p95 | jitter p50/p95/p99 | failed |"
     );
-    println!("|---:|---|---|---|---|---:|");
+    println!("|---:|---|---|---|---|---|---:|");
     for r in &reports {
         println!(
-            "| {} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.2} | {:.2} / {:.2} / {:.2} | {} |",
+            "| {} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} | {:.2} / {:.2} / {:.2} | {} |",
             r.sessions,
             r.first_audio.p50,
             r.first_audio.p95,
             r.first_audio.p99,
-            r.pause_silence.p50,
             r.pause_silence.p95,
             r.pause_silence.p99,
+            r.pause_ack.p95,
+            r.pause_ack.p99,
             r.stop_silence.p95,
             r.jitter.p50,
             r.jitter.p95,
