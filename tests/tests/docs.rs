@@ -1,0 +1,97 @@
+//! The docs, configs and compose file agree with the config types.
+
+use std::collections::BTreeSet;
+
+fn repo(path: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Dotted paths of every leaf key (sequences are not descended).
+fn keys(value: &serde_yaml::Value, prefix: &str, out: &mut BTreeSet<String>) {
+    if let serde_yaml::Value::Mapping(map) = value {
+        for (k, v) in map {
+            let k = k.as_str().expect("string keys");
+            let path = if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
+            match v {
+                serde_yaml::Value::Mapping(_) => keys(v, &path, out),
+                _ => {
+                    out.insert(path);
+                }
+            }
+        }
+    }
+}
+
+fn all_keys<T: serde::Serialize>(value: &T) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    keys(&serde_yaml::to_value(value).unwrap(), "", &mut out);
+    out
+}
+
+/// Backticked names in the first column of markdown tables.
+fn documented(doc: &str) -> BTreeSet<String> {
+    doc.lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`').map(|(k, _)| k.to_string()))
+        .collect()
+}
+
+#[test]
+fn every_config_key_is_documented() {
+    let doc = documented(&repo("docs/CONFIG.md"));
+    let mut missing: Vec<String> = Vec::new();
+    for key in all_keys(&duplex_worker::Config::default()) {
+        if !doc.contains(&key) {
+            missing.push(format!("worker {key}"));
+        }
+    }
+    for key in all_keys(&duplex_tts::mock::MockConfig::default()) {
+        if !doc.contains(&key) {
+            missing.push(format!("mock {key}"));
+        }
+    }
+    for key in all_keys(&duplex_orchestrator::Config::default()) {
+        if !doc.contains(&key) {
+            missing.push(format!("orchestrator {key}"));
+        }
+    }
+    assert!(missing.is_empty(), "docs/CONFIG.md lacks: {missing:?}");
+}
+
+#[test]
+fn env_variables_agree_between_code_docs_and_compose() {
+    let doc = documented(&repo("docs/CONFIG.md"));
+    let documented_env: BTreeSet<String> =
+        doc.iter().filter(|k| k.chars().all(|c| c.is_ascii_uppercase() || c == '_')).cloned().collect();
+    let mut known: BTreeSet<String> = ["WORKER_CONFIG", "ORCHESTRATOR_CONFIG"].map(String::from).into();
+    known.extend(duplex_worker::config::ENV_OVERRIDES.iter().map(|(k, _)| k.to_string()));
+    known.extend(duplex_orchestrator::config::ENV_OVERRIDES.iter().map(|(k, _)| k.to_string()));
+    assert_eq!(documented_env, known, "env vars in docs/CONFIG.md vs the code");
+
+    let compose: serde_yaml::Value = serde_yaml::from_str(&repo("docker-compose.yml")).unwrap();
+    for (name, service) in compose["services"].as_mapping().unwrap() {
+        if let Some(env) = service["environment"].as_mapping() {
+            for var in env.keys().map(|k| k.as_str().unwrap()) {
+                assert!(known.contains(var), "compose service {name:?} sets {var}, which nothing reads");
+            }
+        }
+    }
+}
+
+#[test]
+fn shipped_configs_and_compose_ports_agree() {
+    let worker = duplex_worker::Config::parse(&repo("configs/worker.yaml")).unwrap();
+    let orch = duplex_orchestrator::Config::parse(&repo("configs/orchestrator.yaml")).unwrap();
+    worker.validate().unwrap();
+    orch.validate().unwrap();
+    let compose = repo("docker-compose.yml");
+    for port in [worker.grpc.port, orch.transport.websocket.port, orch.health.port] {
+        assert!(compose.contains(&format!("\"{port}:{port}\"")), "compose publishes {port}");
+    }
+    assert!(compose.contains(&format!("grpc://worker-0:{}", worker.grpc.port)));
+    let ops = repo("docs/OPERATIONS.md");
+    for port in [worker.grpc.port, orch.transport.websocket.port, orch.health.port] {
+        assert!(ops.contains(&format!("| {port} |")), "docs/OPERATIONS.md lists port {port}");
+    }
+}
