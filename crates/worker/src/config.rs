@@ -71,17 +71,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("invalid config {path}: {source}")]
-    Parse { path: String, source: serde_yaml::Error },
-    #[error("invalid environment variable {name}={value:?}: {reason}")]
-    Env { name: &'static str, value: String, reason: String },
-    #[error("invalid config: {0}")]
-    Invalid(String),
-}
+pub use duplex_config::ConfigError;
 
 /// Environment variables that override the file (documented in docs/CONFIG.md).
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
@@ -97,30 +87,18 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
 impl Config {
     /// Reads the file (or the defaults when `path` is `None`), then applies the environment.
     pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let mut config = match path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-                Self::parse(&text).map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?
-            }
-            None => Self::default(),
-        };
+        let mut config: Self = duplex_config::read(path)?;
         config.apply_env(env)?;
         config.validate()?;
         Ok(config)
     }
 
     pub fn parse(text: &str) -> Result<Self, serde_yaml::Error> {
-        serde_yaml::from_str(text)
+        duplex_config::parse(text)
     }
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        fn parsed<T: std::str::FromStr>(name: &'static str, value: String) -> Result<T, ConfigError>
-        where
-            T::Err: std::fmt::Display,
-        {
-            value.parse().map_err(|e: T::Err| ConfigError::Env { name, reason: e.to_string(), value })
-        }
+        use duplex_config::env_value as parsed;
         if let Some(v) = env("WORKER_NAME") {
             self.name = v;
         }
@@ -136,17 +114,7 @@ impl Config {
         if let Some(v) = env("MAX_CONCURRENT_SESSIONS") {
             self.limits.max_sessions = parsed("MAX_CONCURRENT_SESSIONS", v)?;
         }
-        if let Some(v) = env("LOG_LEVEL") {
-            self.log.level = v.to_lowercase();
-        }
-        if let Some(v) = env("LOG_FORMAT") {
-            self.log.format = serde_yaml::from_str(&v).map_err(|_| ConfigError::Env {
-                name: "LOG_FORMAT",
-                value: v,
-                reason: "expected text or json".into(),
-            })?;
-        }
-        Ok(())
+        duplex_config::apply_log_env(&mut self.log, &env)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
