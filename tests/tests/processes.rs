@@ -141,3 +141,30 @@ async fn sigterm_drains_and_exits_cleanly() {
         tokio::time::timeout(Duration::from_secs(5), worker.wait()).await.expect("exits within grace").unwrap();
     assert!(status.success(), "exit status {status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_is_read_while_a_frozen_worker_is_being_dialled() {
+    let port = free_port();
+    let worker = spawn_worker(port).await;
+    signal(&worker, "-STOP"); // accepts TCP (kernel backlog) but never answers
+    let mut cfg = orchestrator_config(&format!("grpc://127.0.0.1:{port}"));
+    cfg.routing.connect_timeout_ms = 1_500;
+    let orch = duplex_orchestrator::spawn(cfg).await.unwrap();
+    let mut c = Client::connect(&format!("ws://{}/ws", orch.addr), AudioFormat::Binary).await.unwrap();
+    c.session_start().await.unwrap();
+    c.send_text("hello?", true).await.unwrap();
+    let sent = Instant::now();
+    c.send(&ClientMessage::Ping { id: Some(1) }).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), c.next()).await.unwrap().unwrap() {
+            Event::Message { message: ServerMessage::Pong { .. }, .. } => break,
+            Event::Message { message: ServerMessage::Error { message, .. }, .. } => panic!("error before pong: {message}"),
+            _ => {}
+        }
+    }
+    assert!(sent.elapsed() < Duration::from_millis(1_000), "pong waited for the dial ({:?})", sent.elapsed());
+    let (code, ends, _) = until_error(&mut c, Duration::from_secs(5)).await;
+    signal(&worker, "-CONT");
+    assert_eq!(code, ErrorCode::WorkerUnavailable);
+    assert_eq!(ends, vec![(1, EndReason::Error)]);
+}

@@ -8,6 +8,7 @@
 //! PAUSE/RESUME/STOP in order without blocking the loop.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,9 @@ use crate::worker::{WorkerError, WorkerStream};
 /// so a full queue means the client stopped reading: the session is closed
 /// rather than buffering without bound.
 const OUTBOUND_QUEUE: usize = 64;
+/// Text chunks held while the worker stream opens; more is refused as the
+/// worker not accepting text (the stream's own queue is larger).
+const TEXT_BACKLOG: usize = 32;
 /// Control commands queued toward the worker (sent in order).
 const CONTROL_QUEUE: usize = 16;
 /// WebSocket close code "try again later".
@@ -62,7 +66,7 @@ struct Session {
     out_tx: mpsc::Sender<Message>,
     control_tx: mpsc::Sender<(ControlCommand, u64)>,
     audio_format: AudioFormat,
-    link: Option<WorkerStream>,
+    link: Link,
     /// Last utterance id assigned; ids start at 1.
     last_utterance: u64,
     /// Utterance still receiving text (`is_final: false` so far).
@@ -115,7 +119,7 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, audio_format: AudioFor
         out_tx,
         control_tx,
         audio_format,
-        link: None,
+        link: Link::Down,
         last_utterance: 0,
         open_utterance: None,
         chunk_sequence: 0,
@@ -129,7 +133,7 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, audio_format: AudioFor
         tracing::info!(?audio_format, "session started");
         let reason = session.run(&mut ws_rx).await;
         tracing::info!(reason, frames = session.sequence, "session ended");
-        if session.link.take().is_some() {
+        if !matches!(std::mem::replace(&mut session.link, Link::Down), Link::Down) {
             // Frees the worker's session now instead of letting it finish the text.
             let (pool, id) = (state.pool.clone(), id.clone());
             state.tasks.spawn(async move {
@@ -168,11 +172,30 @@ async fn send_controls(state: Arc<AppState>, session_id: String, mut rx: mpsc::R
     }
 }
 
-/// Waits for the next worker frame; pending forever without a stream.
-async fn next_frame(link: &mut Option<WorkerStream>) -> Result<Option<AudioFrame>, tonic::Status> {
+/// The session's connection to its worker.
+enum Link {
+    Down,
+    /// StartSession and Synthesize in flight (polled by the session loop, so
+    /// the client is read meanwhile); text arriving now waits in `backlog`.
+    Opening {
+        open: Pin<Box<dyn Future<Output = Result<WorkerStream, WorkerError>> + Send>>,
+        backlog: Vec<TextChunk>,
+    },
+    Up(WorkerStream),
+}
+
+enum LinkEvent {
+    Opened(Result<WorkerStream, WorkerError>),
+    Frame(Result<Option<AudioFrame>, tonic::Status>),
+}
+
+/// The next thing the link has to say; pending while it has nothing (or
+/// while `read_frames` is false, which throttles the worker).
+async fn link_event(link: &mut Link, read_frames: bool) -> LinkEvent {
     match link {
-        Some(l) => l.frames.message().await,
-        None => std::future::pending().await,
+        Link::Opening { open, .. } => LinkEvent::Opened(open.as_mut().await),
+        Link::Up(stream) if read_frames => LinkEvent::Frame(stream.frames.message().await),
+        _ => std::future::pending().await,
     }
 }
 
@@ -208,23 +231,28 @@ impl Session {
         let reason = loop {
             let now = Instant::now();
             let due = self.playout.next_due(now.into_std()).map(Instant::from_std);
-            let read_worker = self.link.is_some() && self.playout.has_room();
+            let read_worker = self.playout.has_room();
             // Idle only counts while nothing is being said.
             let idle_at = if self.active.is_empty() { self.last_client_message + idle } else { far };
-            let waiting_on_worker =
-                self.link.is_some() && !self.active.is_empty() && self.playout.is_empty() && !self.playout.is_paused();
+            let waiting_on_worker = matches!(self.link, Link::Up(_))
+                && !self.active.is_empty()
+                && self.playout.is_empty()
+                && !self.playout.is_paused();
             let stall_at = if waiting_on_worker { Some(self.last_worker_frame + stall) } else { None };
 
             let flow = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Flow::End("server_shutdown"),
                 msg = ws_rx.next() => match msg {
-                    Some(Ok(msg)) => self.on_client(msg).await,
+                    Some(Ok(msg)) => self.on_client(msg),
                     Some(Err(e)) => self.on_socket_error(e),
                     None => Flow::End("client_closed"),
                 },
                 _ = tokio::time::sleep_until(due.unwrap_or(far)), if due.is_some() => self.play_due(),
-                frame = next_frame(&mut self.link), if read_worker => self.on_worker(frame),
+                event = link_event(&mut self.link, read_worker) => match event {
+                    LinkEvent::Opened(result) => self.on_opened(result),
+                    LinkEvent::Frame(frame) => self.on_worker(frame),
+                },
                 _ = tokio::time::sleep_until(stall_at.unwrap_or(far)), if stall_at.is_some() => {
                     self.worker_failed(&format!("no audio for {} ms", stall.as_millis()))
                 }
@@ -281,7 +309,7 @@ impl Session {
         Flow::End("connection_error")
     }
 
-    async fn on_client(&mut self, msg: Message) -> Flow {
+    fn on_client(&mut self, msg: Message) -> Flow {
         let limit = self.state.config.transport.websocket.max_message_bytes;
         let decoded = match msg {
             Message::Text(t) => decode_text(t.as_str(), limit),
@@ -292,7 +320,7 @@ impl Session {
         self.last_client_message = Instant::now();
         match decoded {
             Err(e) => self.error(ErrorCode::InvalidMessage, e.to_string()),
-            Ok(ClientMessage::Text { text, is_final }) => self.on_text(text, is_final).await,
+            Ok(ClientMessage::Text { text, is_final }) => self.on_text(text, is_final),
             Ok(ClientMessage::Control { command }) => self.on_control(command),
             Ok(ClientMessage::Config { audio_format }) => {
                 if let Some(f) = audio_format {
@@ -304,7 +332,7 @@ impl Session {
         }
     }
 
-    async fn on_text(&mut self, text: String, is_final: bool) -> Flow {
+    fn on_text(&mut self, text: String, is_final: bool) -> Flow {
         let max = self.state.config.session.max_text_chars;
         let chars = text.chars().count();
         if chars > max {
@@ -336,17 +364,41 @@ impl Session {
             sequence_number: self.chunk_sequence,
             utterance_id,
         };
-        if let Some(link) = &self.link {
-            return match link.text_tx.try_send(chunk) {
+        match &mut self.link {
+            Link::Up(stream) => match stream.text_tx.try_send(chunk) {
                 Ok(()) => Flow::Continue,
                 Err(mpsc::error::TrySendError::Full(_)) => self.worker_failed("worker is not accepting text"),
                 Err(mpsc::error::TrySendError::Closed(_)) => self.worker_failed("worker stream closed"),
-            };
+            },
+            Link::Opening { backlog, .. } if backlog.len() < TEXT_BACKLOG => {
+                backlog.push(chunk);
+                Flow::Continue
+            }
+            Link::Opening { .. } => self.worker_failed("worker is not accepting text"),
+            Link::Down => {
+                let (pool, id) = (self.state.pool.clone(), self.id.clone());
+                let open = Box::pin(async move { pool.open(&id, chunk).await });
+                self.link = Link::Opening { open, backlog: Vec::new() };
+                Flow::Continue
+            }
         }
-        match self.state.pool.open(&self.id, chunk).await {
+    }
+
+    fn on_opened(&mut self, result: Result<WorkerStream, WorkerError>) -> Flow {
+        let backlog = match std::mem::replace(&mut self.link, Link::Down) {
+            Link::Opening { backlog, .. } => backlog,
+            _ => Vec::new(),
+        };
+        match result {
             Ok(stream) => {
-                self.link = Some(stream);
                 self.last_worker_frame = Instant::now();
+                for chunk in backlog {
+                    // The stream's queue is larger than the backlog: this cannot be full.
+                    if stream.text_tx.try_send(chunk).is_err() {
+                        return self.worker_failed("worker stream closed");
+                    }
+                }
+                self.link = Link::Up(stream);
                 Flow::Continue
             }
             Err(e) => {
@@ -391,7 +443,8 @@ impl Session {
             .control
             .with_label_values(&[command_label(command)])
             .observe(received.elapsed().as_secs_f64());
-        if self.link.is_some() && self.control_tx.try_send((worker_command, self.last_utterance)).is_err() {
+        if !matches!(self.link, Link::Down) && self.control_tx.try_send((worker_command, self.last_utterance)).is_err()
+        {
             tracing::warn!("control queue full; the worker may keep synthesizing");
         }
         self.send(ServerMessage::ControlAck { command, last_sequence: self.sequence })
@@ -401,7 +454,7 @@ impl Session {
         let frame = match frame {
             Ok(Some(f)) => f,
             Ok(None) => {
-                self.link = None;
+                self.link = Link::Down;
                 return if self.active.is_empty() {
                     Flow::Continue
                 } else {
@@ -409,7 +462,7 @@ impl Session {
                 };
             }
             Err(status) => {
-                self.link = None;
+                self.link = Link::Down;
                 return self.worker_failed(&format!("{:?}: {}", status.code(), status.message()));
             }
         };
@@ -504,7 +557,7 @@ impl Session {
 
     /// The worker stream broke: drop it (the next text reconnects) and fail what was in flight.
     fn worker_failed(&mut self, why: &str) -> Flow {
-        self.link = None;
+        self.link = Link::Down;
         let addr = self.state.pool.addr().to_string();
         tracing::warn!(worker = %addr, why, "worker stream failed");
         self.fail_active(ErrorCode::WorkerUnavailable, &format!("TTS worker {addr} unavailable: {why}"))
