@@ -158,7 +158,9 @@ async fn the_client_is_read_while_a_frozen_worker_is_being_dialled() {
     loop {
         match tokio::time::timeout(Duration::from_secs(5), c.next()).await.unwrap().unwrap() {
             Event::Message { message: ServerMessage::Pong { .. }, .. } => break,
-            Event::Message { message: ServerMessage::Error { message, .. }, .. } => panic!("error before pong: {message}"),
+            Event::Message { message: ServerMessage::Error { message, .. }, .. } => {
+                panic!("error before pong: {message}")
+            }
             _ => {}
         }
     }

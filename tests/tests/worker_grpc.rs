@@ -366,3 +366,20 @@ async fn capabilities_and_models_report_what_is_configured_and_loaded() {
     let models = c.list_models(ListModelsRequest {}).await.unwrap().into_inner().models;
     assert!(!find(&models, "mock-fr").is_loaded);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_sessions_expire_but_streaming_ones_do_not() {
+    let mut cfg = worker_config();
+    cfg.limits.session_idle_timeout_ms = 200;
+    let worker = duplex_worker::spawn(cfg).await.unwrap();
+    let mut c = grpc(worker.addr).await;
+    start(&mut c, "gone").await;
+    start(&mut c, "busy").await;
+    let (_tx, mut frames) = open(&mut c, chunk("busy", "hi", true, 1)).await;
+    to_final(&mut frames).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let pause =
+        |id: &str| ControlRequest { session_id: id.into(), command: ControlCommand::Pause as i32, utterance_id: 0 };
+    assert_eq!(c.control(pause("gone")).await.unwrap_err().code(), Code::NotFound);
+    assert!(c.control(pause("busy")).await.is_ok(), "a session with an open stream stays");
+}

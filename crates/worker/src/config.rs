@@ -42,6 +42,9 @@ pub struct Limits {
     pub max_text_chars: usize,
     /// Utterances received but not yet fully sent, per stream.
     pub max_pending_utterances: usize,
+    /// A session with no open stream and no call for this long is ended
+    /// (a client that vanished without EndSession).
+    pub session_idle_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -67,7 +70,12 @@ impl Default for GrpcConfig {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_sessions: 1_000, max_text_chars: 10_000, max_pending_utterances: 16 }
+        Self {
+            max_sessions: 1_000,
+            max_text_chars: 10_000,
+            max_pending_utterances: 16,
+            session_idle_timeout_ms: 300_000,
+        }
     }
 }
 
@@ -137,7 +145,12 @@ impl Config {
         if let Some(p) = self.preload.iter().find(|p| !known(p)) {
             return Err(ConfigError::Invalid(format!("preload: {p:?} is not one of the models ({})", ids.join(", "))));
         }
-        if self.limits.max_sessions == 0 || self.limits.max_text_chars == 0 || self.limits.max_pending_utterances == 0 {
+        let l = &self.limits;
+        if l.max_sessions == 0
+            || l.max_text_chars == 0
+            || l.max_pending_utterances == 0
+            || l.session_idle_timeout_ms == 0
+        {
             return Err(ConfigError::Invalid("limits: every limit must be > 0".into()));
         }
         Ok(())

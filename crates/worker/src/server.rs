@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::service::{Service, State};
 
+/// Longest pause between checks for abandoned sessions.
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// After the grace period, how long stopped streams get to send their final frames.
 const STOP_FLUSH: Duration = Duration::from_secs(2);
 
@@ -97,7 +99,17 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: Cancellation
         tracing::info!(addr = ?addr, models = ?state.models.loaded().keys().collect::<Vec<_>>(), "worker SERVING");
     }
 
-    shutdown.cancelled().await;
+    let idle = Duration::from_millis(state.config.limits.session_idle_timeout_ms);
+    let sweep = idle.div_f64(2.0).min(MAX_SWEEP_INTERVAL);
+    let mut sweeps = tokio::time::interval(sweep);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = sweeps.tick() => {
+                state.sessions.expire(idle);
+            }
+        }
+    }
     state.accepting.store(false, Ordering::Relaxed);
     reporter.set_not_serving::<TtsServiceServer<Service>>().await;
     reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;

@@ -173,6 +173,7 @@ impl TtsService for Service {
         let command = ControlCommand::try_from(req.command)
             .map_err(|_| Status::invalid_argument(format!("unknown control command {}", req.command)))?;
         let session = self.0.sessions.get(id).ok_or_else(|| Status::not_found(format!("session {id:?} not found")))?;
+        session.touch();
         let message = match command {
             ControlCommand::Pause => {
                 session.pause();

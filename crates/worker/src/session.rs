@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use duplex_tts::{EngineHost, JobHandle, SynthesisParams};
 use tokio::sync::watch;
@@ -22,6 +23,8 @@ pub struct Session {
     /// Jobs still synthesizing, so pause and stop reach the engine too.
     live: Mutex<BTreeMap<u64, JobHandle>>,
     streaming: AtomicBool,
+    /// Last call or stream end, for expiring abandoned sessions.
+    last_active: Mutex<Instant>,
     /// Cancelled by EndSession, replacement or shutdown.
     pub closed: CancellationToken,
 }
@@ -37,6 +40,7 @@ impl Session {
             last_seen: AtomicU64::new(0),
             live: Mutex::default(),
             streaming: AtomicBool::new(false),
+            last_active: Mutex::new(Instant::now()),
             closed: parent.child_token(),
         }
     }
@@ -107,6 +111,15 @@ impl Session {
         self.live.lock().expect("session lock").remove(&utterance_id);
     }
 
+    pub fn touch(&self) {
+        *self.last_active.lock().expect("session lock") = Instant::now();
+    }
+
+    /// Idle: no stream open and no call for `timeout`.
+    fn is_abandoned(&self, timeout: Duration) -> bool {
+        !self.streaming.load(Ordering::Acquire) && self.last_active.lock().expect("session lock").elapsed() > timeout
+    }
+
     /// Claims the session's single Synthesize stream; released when the guard drops.
     pub fn claim_stream(self: &Arc<Self>) -> Option<StreamGuard> {
         (!self.streaming.swap(true, Ordering::AcqRel)).then(|| StreamGuard(self.clone()))
@@ -119,6 +132,7 @@ pub struct StreamGuard(Arc<Session>);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
+        self.0.touch();
         self.0.streaming.store(false, Ordering::Release);
     }
 }
@@ -154,6 +168,21 @@ impl Sessions {
             old.closed.cancel();
         }
         Ok(())
+    }
+
+    /// Ends sessions idle longer than `timeout`; returns how many.
+    pub fn expire(&self, timeout: Duration) -> usize {
+        let mut map = self.map.lock().expect("sessions lock");
+        let before = map.len();
+        map.retain(|id, s| {
+            let keep = !s.is_abandoned(timeout);
+            if !keep {
+                tracing::info!(session_id = %id, "session expired: no stream or call for {timeout:?}");
+                s.closed.cancel();
+            }
+            keep
+        });
+        before - map.len()
     }
 
     pub fn remove(&self, id: &str) -> Option<Arc<Session>> {
