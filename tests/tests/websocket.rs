@@ -342,3 +342,26 @@ async fn http_get(addr: &str, path: &str) -> (u16, String) {
     let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_every_session_why() {
+    let stack = Stack::start(worker_config(), |_| {}).await;
+    let mut a = stack.client(AudioFormat::Binary).await;
+    let mut b = stack.client(AudioFormat::Json).await;
+    a.send_text(LONG, true).await.unwrap();
+    let mut ha = Heard::default();
+    frames_until(&mut a, &mut ha, 3).await;
+    stack.orchestrator.shutdown.cancel();
+    for c in [&mut a, &mut b] {
+        let mut heard = Heard::default();
+        read_until(c, &mut heard, Duration::from_secs(5), |e| {
+            matches!(e, Event::Message { message: ServerMessage::SessionEnd { .. }, .. })
+        })
+        .await;
+        assert!(
+            matches!(heard.messages.last(), Some(ServerMessage::SessionEnd { reason, .. }) if reason == "server_shutdown")
+        );
+    }
+    let joined = tokio::time::timeout(Duration::from_secs(8), stack.orchestrator.join).await;
+    assert!(matches!(joined, Ok(Ok(Ok(())))), "orchestrator exits cleanly: {joined:?}");
+}
