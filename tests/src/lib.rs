@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use duplex_cli::client::{Client, Event};
 use duplex_orchestrator::protocol::{AudioFormat, ServerMessage};
 use duplex_proto::TtsServiceClient;
-use duplex_tts::EngineConfig;
 use duplex_tts::mock::MockConfig;
+use duplex_worker::engines::EngineConfig;
 use tonic::transport::Channel;
 
 pub use duplex_cli::client;

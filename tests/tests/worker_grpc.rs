@@ -8,8 +8,8 @@ use duplex_proto::tts::{
     ListModelsRequest, LoadModelRequest, StartSessionRequest, TextChunk, UnloadModelRequest,
 };
 use duplex_tests::*;
-use duplex_tts::EngineConfig;
 use duplex_tts::mock::MockConfig;
+use duplex_worker::engines::EngineConfig;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;

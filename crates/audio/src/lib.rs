@@ -1,11 +1,13 @@
 //! Audio shared by every Duplex service: the wire frame (20 ms of 48 kHz s16le
-//! mono PCM), a framer that cuts any sample stream into such frames, and WAV
-//! output for tools.
+//! mono PCM), a framer that cuts any sample stream into such frames, a
+//! streaming band-limited resampler, and WAV output for tools.
 
 mod framer;
+mod resample;
 mod wav;
 
 pub use framer::Framer;
+pub use resample::Resampler;
 pub use wav::{WavError, write_wav};
 
 /// Sample rate of every frame on the wire.

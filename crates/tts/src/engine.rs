@@ -10,7 +10,7 @@ pub struct ModelDescriptor {
     pub model_id: String,
     pub family: String,
     pub languages: Vec<String>,
-    /// Rate of the samples `Synthesis::step` returns.
+    /// Rate of the samples `Synthesis::step` returns (the host resamples to 48 kHz).
     pub sample_rate_hz: u32,
     pub metadata: BTreeMap<String, String>,
 }
@@ -33,8 +33,8 @@ impl Default for SynthesisParams {
 /// Result of one step of a synthesis.
 #[derive(Debug, PartialEq)]
 pub enum Step {
-    /// Newly synthesized samples at the engine's rate.
-    Audio(Vec<i16>),
+    /// Newly synthesized samples at the engine's rate, in -1.0..=1.0.
+    Audio(Vec<f32>),
     /// Everything pushed so far is spoken; more text may follow.
     NeedText,
     /// Nothing to do before this instant (the host parks until then).
@@ -49,8 +49,6 @@ pub enum EngineError {
     InvalidOption { name: &'static str, reason: String },
     #[error("voice {0:?} not found")]
     VoiceNotFound(String),
-    #[error("engine sample rate {0} Hz is not supported by the host yet")]
-    UnsupportedRate(u32),
     #[error("synthesis failed: {0}")]
     Failed(String),
 }

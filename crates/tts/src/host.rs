@@ -12,11 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-use duplex_audio::Framer;
+use duplex_audio::{Framer, Resampler};
 use tokio::sync::mpsc::{self, error::TryRecvError};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::EngineConfig;
 use crate::engine::{Engine, EngineError, ModelDescriptor, Step, Synthesis, SynthesisParams};
 
 /// Commands queued to a lane. When full, `Job::push_text` waits: text input
@@ -99,21 +98,26 @@ impl std::fmt::Debug for EngineHost {
 }
 
 impl EngineHost {
-    /// Builds and warms one engine per lane, each on its own thread. Blocks
-    /// until all are warm: call it off the async runtime.
-    pub fn start(config: &EngineConfig) -> Result<Self, HostError> {
+    /// Builds and warms one engine per lane (`lanes` of them, at least one),
+    /// each on its own thread named after `model_id`. Blocks until all are
+    /// warm: call it off the async runtime.
+    pub fn start<F>(model_id: &str, lanes: usize, build: F) -> Result<Self, HostError>
+    where
+        F: Fn() -> Result<Box<dyn Engine>, EngineError> + Clone + Send + 'static,
+    {
+        let count = lanes.max(1);
         let mut lanes = Vec::new();
         let mut descriptor = None;
-        for index in 0..config.threads() {
+        for index in 0..count {
             let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
             let (cmd_tx, cmd_rx) = mpsc::channel(LANE_COMMAND_QUEUE);
             let active = Arc::new(AtomicUsize::new(0));
             let lane_active = active.clone();
-            let lane_config = config.clone();
+            let build = build.clone();
             let handle = thread::Builder::new()
-                .name(format!("tts-{}-{index}", config.model_id()))
+                .name(format!("tts-{model_id}-{index}"))
                 .spawn(move || {
-                    let engine = lane_config.build().and_then(|mut e| e.warm_up().map(|_| e));
+                    let engine = build().and_then(|mut e| e.warm_up().map(|_| e));
                     match engine {
                         Ok(engine) => {
                             let _ = ready_tx.send(Ok(engine.descriptor().clone()));
@@ -125,10 +129,7 @@ impl EngineHost {
                     }
                 })
                 .map_err(|e| EngineError::Failed(format!("cannot spawn engine thread: {e}")))?;
-            let d = ready_rx.recv().map_err(|_| HostError::LaneGone(config.model_id().to_string()))??;
-            if d.sample_rate_hz != duplex_audio::SAMPLE_RATE_HZ {
-                return Err(EngineError::UnsupportedRate(d.sample_rate_hz).into());
-            }
+            let d = ready_rx.recv().map_err(|_| HostError::LaneGone(model_id.to_string()))??;
             descriptor = Some(d);
             lanes.push(Arc::new(Lane { cmd_tx, thread: handle.thread().clone(), active }));
         }
@@ -245,6 +246,8 @@ impl Drop for Job {
 struct Running {
     id: u64,
     synthesis: Box<dyn Synthesis>,
+    /// Engine rate to the wire rate, continuous across the whole utterance.
+    resampler: Resampler,
     framer: Framer,
     events_tx: mpsc::Sender<JobEvent>,
     outbox: VecDeque<JobEvent>,
@@ -297,12 +300,15 @@ impl Running {
         match self.synthesis.step(now) {
             Ok(Step::Audio(samples)) => {
                 self.produced_audio |= !samples.is_empty();
-                self.outbox.extend(self.framer.push(&samples).into_iter().map(JobEvent::Frame));
+                let wire = to_i16(&self.resampler.push(&samples));
+                self.outbox.extend(self.framer.push(&wire).into_iter().map(JobEvent::Frame));
                 moved = true;
             }
             Ok(Step::NeedText) => {}
             Ok(Step::NotBefore(at)) => return if moved { Progress::Moved } else { Progress::WakeAt(at) },
             Ok(Step::Done) => {
+                let tail = to_i16(&self.resampler.finish());
+                self.outbox.extend(self.framer.push(&tail).into_iter().map(JobEvent::Frame));
                 let last = self.framer.finish();
                 let outcome = if self.produced_audio { Outcome::Completed } else { Outcome::Empty };
                 self.outbox.push_back(JobEvent::End { last, outcome });
@@ -324,7 +330,12 @@ impl Running {
     }
 }
 
+fn to_i16(samples: &[f32]) -> Vec<i16> {
+    samples.iter().map(|s| (s.clamp(-1.0, 1.0) * i16::MAX as f32).round() as i16).collect()
+}
+
 fn run_lane(mut engine: Box<dyn Engine>, mut cmd_rx: mpsc::Receiver<Command>, active: Arc<AtomicUsize>) {
+    let rate = engine.descriptor().sample_rate_hz;
     let mut jobs: Vec<Running> = Vec::new();
     loop {
         loop {
@@ -333,6 +344,7 @@ fn run_lane(mut engine: Box<dyn Engine>, mut cmd_rx: mpsc::Receiver<Command>, ac
                     Ok(synthesis) => jobs.push(Running {
                         id,
                         synthesis,
+                        resampler: Resampler::new(rate, duplex_audio::SAMPLE_RATE_HZ),
                         framer: Framer::new(),
                         events_tx,
                         outbox: VecDeque::new(),
@@ -393,10 +405,11 @@ fn run_lane(mut engine: Box<dyn Engine>, mut cmd_rx: mpsc::Receiver<Command>, ac
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mock::MockConfig;
+    use crate::mock::{MockConfig, MockEngine};
 
     fn host(cfg: MockConfig) -> EngineHost {
-        EngineHost::start(&EngineConfig::Mock(cfg)).expect("mock starts")
+        EngineHost::start("mock", 1, move || Ok(Box::new(MockEngine::new(cfg.clone())?) as Box<dyn Engine>))
+            .expect("mock starts")
     }
 
     async fn collect(job: &mut Job) -> (usize, JobEvent) {

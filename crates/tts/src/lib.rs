@@ -5,13 +5,12 @@
 //! - [`host`]: [`EngineHost`] steps many syntheses on its threads, frames their
 //!   audio into 20 ms wire frames and honours pause and cancellation per job.
 //! - [`mock`]: a deterministic, speech-like engine with configurable latency and speed.
-//! - [`config`]: the tagged engine configuration used by the worker.
+//! - [`text`]: normalization (numbers, abbreviations, symbols) and segmentation.
 
-pub mod config;
 pub mod engine;
 pub mod host;
 pub mod mock;
+pub mod text;
 
-pub use config::EngineConfig;
 pub use engine::{Engine, EngineError, ModelDescriptor, Step, Synthesis, SynthesisParams};
 pub use host::{EngineHost, HostError, Job, JobEvent, JobHandle, Outcome};

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
+use crate::engines::EngineConfig;
 use duplex_telemetry::LogConfig;
-use duplex_tts::EngineConfig;
 use duplex_tts::mock::MockConfig;
 use serde::{Deserialize, Serialize};
 

@@ -2,6 +2,7 @@
 //! reflection) over engines running on their own threads.
 //!
 //! - [`config`]: `configs/worker.yaml` and its environment overrides.
+//! - [`engines`]: the engine families (tagged config) and how each is built.
 //! - [`models`]: configured vs loaded models, load/unload/reload.
 //! - [`session`]: per-session pause / stop / close.
 //! - [`synth`]: one Synthesize stream (reader and writer tasks).
@@ -9,6 +10,7 @@
 //! - [`server`]: bind, health, warm-up, graceful shutdown.
 
 pub mod config;
+pub mod engines;
 pub mod models;
 pub mod server;
 pub mod service;

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use duplex_tts::{EngineConfig, EngineHost, HostError, ModelDescriptor};
+use duplex_tts::{EngineHost, HostError, ModelDescriptor};
+
+use crate::engines::EngineConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -87,7 +89,7 @@ impl Models {
         let model = config.model_id().to_string();
         let started = Instant::now();
         // Building warms the engine: seconds of blocking work for real models.
-        let result = tokio::task::spawn_blocking(move || EngineHost::start(&config))
+        let result = tokio::task::spawn_blocking(move || config.start_host())
             .await
             .map_err(|e| ModelError::Load { model: model.clone(), source: HostError::LaneGone(e.to_string()) })?;
         let host = result.map_err(|source| ModelError::Load { model: model.clone(), source })?;

@@ -1,8 +1,9 @@
-//! Engine configuration, one tagged variant per engine family.
+//! The engines this worker can run, one tagged config variant per family,
+//! and how each is built onto an engine host.
 
+use duplex_tts::mock::{MockConfig, MockEngine};
+use duplex_tts::{Engine, EngineHost, HostError};
 use serde::{Deserialize, Serialize};
-
-use crate::mock::MockConfig;
 
 /// One model a worker can serve, chosen by `engine:`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,17 +33,15 @@ impl EngineConfig {
         }
     }
 
-    /// Threads the host runs this model on.
-    pub fn threads(&self) -> usize {
+    /// Builds the model on its threads and warms it. Blocking.
+    pub fn start_host(&self) -> Result<EngineHost, HostError> {
         match self {
-            EngineConfig::Mock(c) => c.threads.max(1),
-        }
-    }
-
-    /// Builds one engine instance (one per host thread).
-    pub fn build(&self) -> Result<Box<dyn crate::Engine>, crate::EngineError> {
-        match self {
-            EngineConfig::Mock(c) => Ok(Box::new(crate::mock::MockEngine::new(c.clone())?)),
+            EngineConfig::Mock(c) => {
+                let cfg = c.clone();
+                EngineHost::start(&c.model_id, c.threads, move || {
+                    Ok(Box::new(MockEngine::new(cfg.clone())?) as Box<dyn Engine>)
+                })
+            }
         }
     }
 }
