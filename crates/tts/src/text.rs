@@ -118,10 +118,10 @@ impl Segmenter {
             if first && matches!(c, ',' | ';' | ':' | '—') && at_gap && next.is_some() {
                 return Some((end, false));
             }
-            if end >= MAX_CHUNK_CHARS {
-                if let Some(sp) = last_space {
-                    return Some((sp + 1, false));
-                }
+            if end >= MAX_CHUNK_CHARS
+                && let Some(sp) = last_space
+            {
+                return Some((sp + 1, false));
             }
         }
         None
@@ -267,20 +267,20 @@ pub fn normalize(text: &str) -> String {
     while let Some(c) = rest.chars().next() {
         let at_word_start = out.chars().last().is_none_or(|p| !p.is_alphanumeric());
         // Abbreviations.
-        if at_word_start {
-            if let Some((abbr, spoken)) = ABBREVIATIONS.iter().find(|(a, _)| {
+        if at_word_start
+            && let Some((abbr, spoken)) = ABBREVIATIONS.iter().find(|(a, _)| {
                 rest.len() >= a.len()
                     && rest.is_char_boundary(a.len())
                     && rest[..a.len()].eq_ignore_ascii_case(a)
                     && rest[a.len()..].chars().next().is_none_or(|n| !n.is_alphanumeric())
-            }) {
-                // "No." is only "number" before a digit.
-                let next_digit = rest[abbr.len()..].trim_start().chars().next().is_some_and(|n| n.is_ascii_digit());
-                if *abbr != "No." || next_digit {
-                    out.push_str(spoken);
-                    rest = &rest[abbr.len()..];
-                    continue;
-                }
+            })
+        {
+            // "No." is only "number" before a digit.
+            let next_digit = rest[abbr.len()..].trim_start().chars().next().is_some_and(|n| n.is_ascii_digit());
+            if *abbr != "No." || next_digit {
+                out.push_str(spoken);
+                rest = &rest[abbr.len()..];
+                continue;
             }
         }
         // Currency before a number.
