@@ -1,10 +1,12 @@
 //! The `duplex` command's library: a protocol client and the tools built on it.
 //!
+//! - [`assets`]: fetch and verify models and native libraries.
 //! - [`client`]: WebSocket client of the orchestrator protocol.
 //! - [`talk`]: send text and controls, save or play the reply.
 //! - [`bench`]: latency, control and jitter benchmark at several concurrencies.
 //! - [`stats`]: percentile summaries.
 
+pub mod assets;
 pub mod bench;
 pub mod client;
 pub mod stats;

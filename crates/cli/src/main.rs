@@ -47,6 +47,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Fetch and verify the ONNX Runtime library and the default Piper voice.
+    Assets {
+        /// Cache directory.
+        #[arg(long, default_value = ".cache/assets", env = "DUPLEX_ASSETS")]
+        dir: PathBuf,
+        /// Also fetch a named voice from the public Piper repository (needs internet).
+        #[arg(long)]
+        voice: Option<String>,
+    },
     /// Validate config files (unknown keys, bad values) and print the effective config.
     CheckConfig {
         #[arg(long, default_value = "configs/worker.yaml")]
@@ -103,6 +112,13 @@ async fn main() -> anyhow::Result<()> {
             let reports = duplex_cli::bench::run(args).await?;
             let failed: usize = reports.iter().map(|r| r.failed).sum();
             anyhow::ensure!(failed == 0, "{failed} benchmark sessions failed");
+            Ok(())
+        }
+        Cmd::Assets { dir, voice } => {
+            duplex_cli::assets::fetch_all(&dir)?;
+            if let Some(name) = voice {
+                duplex_cli::assets::fetch_voice(&dir, &name)?;
+            }
             Ok(())
         }
         Cmd::CheckConfig { worker, orchestrator, print } => {

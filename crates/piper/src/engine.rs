@@ -1,0 +1,291 @@
+//! The Piper engine and one utterance's synthesis.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use duplex_tts::text::{Segmenter, normalize};
+use duplex_tts::{Engine, EngineError, ModelDescriptor, Step, Synthesis, SynthesisParams};
+use ort::session::Session;
+use ort::value::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::voice::{VoiceConfig, VoiceFiles};
+use crate::{PiperError, espeak, runtime};
+
+/// Fade at both ends of every chunk, so joins never click.
+const FADE_MS: u32 = 5;
+/// Clause punctuation kept in the phoneme string (the voices know these).
+const CLAUSE_MARKS: [char; 6] = [',', '.', ';', ':', '!', '?'];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PiperConfig {
+    pub model_id: String,
+    /// Directory with one `*.onnx` voice and its `*.onnx.json`.
+    pub voice_dir: PathBuf,
+    /// Engine threads (lanes), each with its own ONNX session; 0 = one per core.
+    #[serde(default)]
+    pub threads: usize,
+    /// ONNX Runtime intra-op threads per inference (1 scales best across sessions).
+    #[serde(default = "one")]
+    pub intra_op_threads: usize,
+    /// Silence between sentences.
+    #[serde(default = "sentence_silence")]
+    pub sentence_silence_ms: u32,
+    /// Overrides of the voice's `inference` settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_scale: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length_scale: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_w: Option<f32>,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn sentence_silence() -> u32 {
+    200
+}
+
+impl PiperConfig {
+    pub fn lanes(&self) -> usize {
+        if self.threads > 0 { self.threads } else { std::thread::available_parallelism().map_or(1, |n| n.get()) }
+    }
+
+    /// The voice's config (for reporting before the model is loaded).
+    pub fn voice(&self) -> Result<VoiceConfig, PiperError> {
+        VoiceConfig::load(&VoiceFiles::find(&self.voice_dir)?.config)
+    }
+}
+
+/// A loaded voice: one ONNX session, used by the syntheses of its lane.
+pub struct PiperEngine {
+    descriptor: ModelDescriptor,
+    voice: Arc<VoiceConfig>,
+    session: Arc<Mutex<Session>>,
+    has_sid: bool,
+    defaults: [f32; 3],
+    silence: usize,
+}
+
+impl std::fmt::Debug for PiperEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PiperEngine").field("model", &self.descriptor.model_id).finish()
+    }
+}
+
+impl PiperEngine {
+    /// Loads the voice (the runtime must be initialised first). Blocking.
+    pub fn load(config: &PiperConfig) -> Result<Self, PiperError> {
+        let started = Instant::now();
+        let files = VoiceFiles::find(&config.voice_dir)?;
+        let voice = VoiceConfig::load(&files.config)?;
+        let env = runtime::environment()?;
+        let fail = |e: String| PiperError::Voice(format!("{}: {e}", files.model.display()));
+        let mut builder = Session::builder(&env)
+            .map_err(|e| fail(e.to_string()))?
+            .with_intra_threads(config.intra_op_threads.max(1))
+            .map_err(|e| fail(e.to_string()))?;
+        let session = builder.commit_from_file(&files.model).map_err(|e| fail(e.to_string()))?;
+        let has_sid = session.inputs().iter().any(|i| i.name() == "sid");
+        let inf = voice.inference;
+        let defaults = [
+            config.noise_scale.unwrap_or(inf.noise_scale),
+            config.length_scale.unwrap_or(inf.length_scale),
+            config.noise_w.unwrap_or(inf.noise_w),
+        ];
+        let mut metadata = BTreeMap::from([
+            ("sample_rate_hz".to_string(), voice.audio.sample_rate.to_string()),
+            ("espeak_voice".to_string(), voice.espeak.voice.clone()),
+            ("num_speakers".to_string(), voice.num_speakers.to_string()),
+            ("model_path".to_string(), files.model.display().to_string()),
+            ("load_ms".to_string(), started.elapsed().as_millis().to_string()),
+        ]);
+        for (key, value) in [
+            ("quality", voice.audio.quality.clone()),
+            ("dataset", voice.dataset.clone()),
+            ("piper_version", voice.piper_version.clone()),
+            ("language_name", voice.language.as_ref().and_then(|l| l.name_english.clone())),
+        ] {
+            if let Some(v) = value {
+                metadata.insert(key.to_string(), v);
+            }
+        }
+        if !voice.speaker_id_map.is_empty() {
+            let names: Vec<&str> = voice.speaker_id_map.keys().map(String::as_str).collect();
+            metadata.insert("speakers".into(), names.join(","));
+        }
+        let descriptor = ModelDescriptor {
+            model_id: config.model_id.clone(),
+            family: "piper".into(),
+            languages: voice.languages(),
+            sample_rate_hz: voice.audio.sample_rate,
+            metadata,
+        };
+        let silence = (voice.audio.sample_rate as u64 * config.sentence_silence_ms as u64 / 1000) as usize;
+        Ok(Self {
+            descriptor,
+            voice: Arc::new(voice),
+            session: Arc::new(Mutex::new(session)),
+            has_sid,
+            defaults,
+            silence,
+        })
+    }
+}
+
+impl Engine for PiperEngine {
+    fn descriptor(&self) -> &ModelDescriptor {
+        &self.descriptor
+    }
+
+    fn start(&mut self, params: &SynthesisParams) -> Result<Box<dyn Synthesis>, EngineError> {
+        if !(params.speed > 0.0 && params.speed.is_finite()) {
+            return Err(EngineError::InvalidOption {
+                name: "speed",
+                reason: format!("must be > 0, got {}", params.speed),
+            });
+        }
+        let sid = match params.voice.as_deref() {
+            None | Some("default") | Some("") => (self.voice.num_speakers > 1).then_some(0),
+            Some(name) => match self.voice.speaker_id_map.get(name) {
+                Some(&id) => Some(id),
+                None => return Err(EngineError::VoiceNotFound(name.to_string())),
+            },
+        };
+        let [noise, length, noise_w] = self.defaults;
+        Ok(Box::new(PiperSynthesis {
+            voice: self.voice.clone(),
+            session: self.session.clone(),
+            sid: if self.has_sid { sid } else { None },
+            scales: [noise, length / params.speed, noise_w],
+            segmenter: Segmenter::new(),
+            text_done: false,
+            silence: self.silence,
+            gap_before_next: 0,
+        }))
+    }
+}
+
+struct PiperSynthesis {
+    voice: Arc<VoiceConfig>,
+    session: Arc<Mutex<Session>>,
+    sid: Option<i64>,
+    scales: [f32; 3],
+    segmenter: Segmenter,
+    text_done: bool,
+    silence: usize,
+    /// Silence owed before the next chunk (after a sentence end).
+    gap_before_next: usize,
+}
+
+impl PiperSynthesis {
+    /// Phonemes of a normalized chunk, with its clause punctuation kept.
+    fn phonemes(&self, text: &str) -> Result<String, PiperError> {
+        let mut out = String::new();
+        let mut piece = String::new();
+        let mut flush = |piece: &mut String, mark: Option<char>| -> Result<(), PiperError> {
+            if piece.chars().any(char::is_alphanumeric) {
+                out.push_str(&espeak::phonemize(piece, &self.voice.espeak.voice)?.join(" "));
+                if let Some(m) = mark {
+                    out.push(m);
+                }
+                out.push(' ');
+            }
+            piece.clear();
+            Ok(())
+        };
+        for c in text.chars() {
+            if CLAUSE_MARKS.contains(&c) {
+                flush(&mut piece, Some(c))?;
+            } else {
+                piece.push(c);
+            }
+        }
+        flush(&mut piece, None)?;
+        Ok(out.trim_end().to_string())
+    }
+
+    fn infer(&self, ids: Vec<i64>) -> Result<Vec<f32>, PiperError> {
+        let n = ids.len() as i64;
+        let err = |e: ort::Error| PiperError::Runtime(e.to_string());
+        let mut inputs = ort::inputs![
+            "input" => Tensor::from_array((vec![1i64, n], ids)).map_err(err)?,
+            "input_lengths" => Tensor::from_array((vec![1i64], vec![n])).map_err(err)?,
+            "scales" => Tensor::from_array((vec![3i64], self.scales.to_vec())).map_err(err)?,
+        ];
+        if let Some(sid) = self.sid {
+            inputs.push(("sid".into(), Tensor::from_array((vec![1i64], vec![sid])).map_err(err)?.into()));
+        }
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let outputs = session.run(inputs).map_err(err)?;
+        let (_, audio) = outputs[0].try_extract_tensor::<f32>().map_err(err)?;
+        Ok(audio.to_vec())
+    }
+
+    fn synthesize(&mut self, text: &str) -> Result<Vec<f32>, PiperError> {
+        let phonemes = self.phonemes(&normalize(text))?;
+        let (ids, missing) = self.voice.phoneme_ids(&phonemes);
+        if missing > 0 {
+            tracing::debug!(missing, "phonemes unknown to the voice were skipped");
+        }
+        let mut audio = self.infer(ids)?;
+        fade(&mut audio, (self.voice.audio.sample_rate * FADE_MS / 1000) as usize);
+        Ok(audio)
+    }
+}
+
+/// Linear fade-in and fade-out of `len` samples at the ends.
+fn fade(audio: &mut [f32], len: usize) {
+    let len = len.min(audio.len() / 2);
+    let n = audio.len();
+    for i in 0..len {
+        let g = i as f32 / len as f32;
+        audio[i] *= g;
+        audio[n - 1 - i] *= g;
+    }
+}
+
+impl Synthesis for PiperSynthesis {
+    fn push_text(&mut self, text: &str) {
+        self.segmenter.push(text);
+    }
+
+    fn finish_text(&mut self) {
+        self.text_done = true;
+    }
+
+    fn step(&mut self, _now: Instant) -> Result<Step, EngineError> {
+        let Some(chunk) = self.segmenter.next_chunk(self.text_done) else {
+            return Ok(if self.text_done { Step::Done } else { Step::NeedText });
+        };
+        let speech = self.synthesize(&chunk.text)?;
+        let mut audio = vec![0.0; std::mem::take(&mut self.gap_before_next)];
+        audio.extend(speech);
+        if chunk.ends_sentence {
+            self.gap_before_next = self.silence;
+        }
+        Ok(Step::Audio(audio))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fades_reach_zero_at_the_edges() {
+        let mut a = vec![1.0; 100];
+        fade(&mut a, 10);
+        assert_eq!(a[0], 0.0);
+        assert_eq!(a[99], 0.0);
+        assert_eq!(a[50], 1.0);
+        let mut short = vec![1.0; 3];
+        fade(&mut short, 10);
+        assert_eq!(short[0], 0.0);
+    }
+}
