@@ -5,14 +5,23 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
-# Build and run the demo: orchestrator + worker, http://localhost:8080 (Ctrl-C stops).
-demo:
+# Build and run the demo: orchestrator + worker with the Piper voice, http://localhost:8080 (Ctrl-C stops).
+demo: deps
     @echo "demo: building (release; the first build takes a few minutes)"
     cargo build --release -p duplex-cli --bin duplex
-    ./target/release/duplex demo
+    cargo run --quiet --release -p duplex-cli --bin duplex -- assets
+    cargo run --quiet --release -p duplex-cli --bin duplex -- demo
 
-# Every test: format, lint, predecessor-client compatibility, unit and integration tests.
-test: fmt-check lint test-compat test-rust
+# Every test: format, lint, predecessor-client compatibility, unit and integration tests (real voice included).
+test: deps assets fmt-check lint test-compat test-rust
+
+# System packages the build needs (espeak-ng for the Piper engine), installed with apt when missing.
+deps:
+    scripts/install-deps
+
+# Fetch and verify the ONNX Runtime library and the en_US-joe-medium voice into .cache/assets.
+assets: deps
+    cargo run --quiet -p duplex-cli --bin duplex -- assets
 
 # Unit and integration tests (cargo-nextest when installed, else cargo test).
 test-rust:
@@ -35,9 +44,15 @@ test-compat:
     scripts/compat-test
 
 # Benchmark the mock stack: first audio, control-to-silence, jitter (e.g. `just bench --sessions 1,10`).
-bench *ARGS:
+bench *ARGS: deps
     cargo build --release -p duplex-cli -p duplex-worker -p duplex-orchestrator
-    ./target/release/duplex bench {{ARGS}}
+    cargo run --quiet --release -p duplex-cli --bin duplex -- bench {{ARGS}}
+
+# Benchmark the Piper voice: real-time factor, first audio, concurrent real-time sessions.
+bench-tts *ARGS: deps
+    cargo build --release -p duplex-cli -p duplex-worker -p duplex-orchestrator
+    cargo run --quiet --release -p duplex-cli --bin duplex -- assets
+    cargo run --quiet --release -p duplex-cli --bin duplex -- bench-tts {{ARGS}}
 
 # Speak text through a running demo and save it (`just talk "Hello" out.wav`).
 talk TEXT OUT="reply.wav":
@@ -48,7 +63,7 @@ check-config:
     cargo run --quiet -p duplex-cli --bin duplex -- check-config
 
 # Run the worker alone (port 7001).
-worker:
+worker: assets
     cargo run --release -p duplex-worker -- --config configs/worker.yaml
 
 # Run the orchestrator alone (port 8080, worker at TTS_WORKER_ADDR or the config).

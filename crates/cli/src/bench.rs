@@ -61,9 +61,11 @@ pub struct LevelReport {
     pub sequence_gaps: usize,
 }
 
-struct Stack {
+/// The worker and orchestrator processes of a benchmark; killed on drop.
+pub(crate) struct Stack {
     _children: Vec<Child>,
-    url: String,
+    pub url: String,
+    pub grpc_addr: String,
 }
 
 fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -87,11 +89,16 @@ async fn http_status(addr: &str, path: &str) -> Option<u16> {
     std::str::from_utf8(&buf).ok()?.split_whitespace().nth(1)?.parse().ok()
 }
 
-async fn start_stack(max_sessions: usize) -> anyhow::Result<Stack> {
+/// Starts both services; `worker_config` None = the worker's built-in mock defaults.
+pub(crate) async fn start_stack(max_sessions: usize, worker_config: Option<&std::path::Path>) -> anyhow::Result<Stack> {
     let (grpc, ws, probes) = (free_port()?, free_port()?, free_port()?);
     let quiet = [("LOG_LEVEL", "warn"), ("MAX_CONCURRENT_SESSIONS", &max_sessions.to_string())]
         .map(|(k, v)| (k.to_string(), v.to_string()));
-    let worker = Process::new(sibling_binary("duplex-worker")?)
+    let mut worker = Process::new(sibling_binary("duplex-worker")?);
+    if let Some(path) = worker_config {
+        worker.arg("--config").arg(path);
+    }
+    let worker = worker
         .args(["--port", &grpc.to_string()])
         .envs(quiet.clone())
         .kill_on_drop(true)
@@ -105,14 +112,18 @@ async fn start_stack(max_sessions: usize) -> anyhow::Result<Stack> {
         .spawn()
         .context("starting duplex-orchestrator")?;
     let addr = format!("127.0.0.1:{ws}");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while http_status(&addr, "/ready").await != Some(200) {
         if Instant::now() > deadline {
-            bail!("the stack did not become ready within 20 s");
+            bail!("the stack did not become ready within 60 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(Stack { _children: vec![worker, orchestrator], url: format!("ws://{addr}/ws") })
+    Ok(Stack {
+        _children: vec![worker, orchestrator],
+        url: format!("ws://{addr}/ws"),
+        grpc_addr: format!("127.0.0.1:{grpc}"),
+    })
 }
 
 async fn next_within(client: &mut Client, until: Instant) -> anyhow::Result<Option<Event>> {
@@ -267,7 +278,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<LevelReport>> {
     let max = args.levels.iter().copied().max().unwrap_or(1);
     let stack = match &args.url {
         Some(_) => None,
-        None => Some(start_stack(max + 10).await?),
+        None => Some(start_stack(max + 10, None).await?),
     };
     let url = args.url.clone().unwrap_or_else(|| stack.as_ref().expect("started").url.clone());
     println!("duplex bench: mock engine, {:?} audio, url {url}", args.audio_format);
@@ -313,6 +324,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<LevelReport>> {
     Ok(reports)
 }
 
-fn num_cpus() -> usize {
+pub(crate) fn num_cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }

@@ -4,10 +4,12 @@
 //! - [`client`]: WebSocket client of the orchestrator protocol.
 //! - [`talk`]: send text and controls, save or play the reply.
 //! - [`bench`]: latency, control and jitter benchmark at several concurrencies.
+//! - [`bench_tts`]: the Piper voice: first audio, real-time sessions, engine overhead.
 //! - [`stats`]: percentile summaries.
 
 pub mod assets;
 pub mod bench;
+pub mod bench_tts;
 pub mod client;
 pub mod stats;
 pub mod talk;

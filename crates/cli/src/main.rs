@@ -47,6 +47,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Measure the Piper voice: first audio, concurrent real-time sessions, engine overhead.
+    BenchTts {
+        #[arg(long, default_value = ".cache/assets", env = "DUPLEX_ASSETS")]
+        assets: PathBuf,
+        /// Repetitions of each first-audio measurement.
+        #[arg(long, default_value_t = 20)]
+        reps: usize,
+        /// Stop raising concurrency here.
+        #[arg(long, default_value_t = 32)]
+        max_sessions: usize,
+    },
     /// Fetch and verify the ONNX Runtime library and the default Piper voice.
     Assets {
         /// Cache directory.
@@ -113,6 +124,9 @@ async fn main() -> anyhow::Result<()> {
             let failed: usize = reports.iter().map(|r| r.failed).sum();
             anyhow::ensure!(failed == 0, "{failed} benchmark sessions failed");
             Ok(())
+        }
+        Cmd::BenchTts { assets, reps, max_sessions } => {
+            duplex_cli::bench_tts::run(duplex_cli::bench_tts::TtsBenchArgs { assets, reps, max_sessions }).await
         }
         Cmd::Assets { dir, voice } => {
             duplex_cli::assets::fetch_all(&dir)?;

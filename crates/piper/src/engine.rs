@@ -138,12 +138,24 @@ impl PiperEngine {
     }
 }
 
-impl Engine for PiperEngine {
-    fn descriptor(&self) -> &ModelDescriptor {
-        &self.descriptor
+impl PiperEngine {
+    /// For benchmarks: the phoneme ids of each chunk `text` is cut into.
+    pub fn chunk_ids(&self, text: &str) -> Result<Vec<Vec<i64>>, EngineError> {
+        let mut s = self.synthesis(&SynthesisParams::default())?;
+        s.segmenter.push(text);
+        let mut out = Vec::new();
+        while let Some(chunk) = s.segmenter.next_chunk(true) {
+            out.push(s.voice.phoneme_ids(&s.phonemes(&normalize(&chunk.text))?).0);
+        }
+        Ok(out)
     }
 
-    fn start(&mut self, params: &SynthesisParams) -> Result<Box<dyn Synthesis>, EngineError> {
+    /// For benchmarks: one bare ONNX Runtime inference of `ids`; returns the samples.
+    pub fn infer_ids(&self, ids: Vec<i64>) -> Result<Vec<f32>, EngineError> {
+        Ok(self.synthesis(&SynthesisParams::default())?.infer(ids)?)
+    }
+
+    fn synthesis(&self, params: &SynthesisParams) -> Result<PiperSynthesis, EngineError> {
         if !(params.speed > 0.0 && params.speed.is_finite()) {
             return Err(EngineError::InvalidOption {
                 name: "speed",
@@ -158,7 +170,7 @@ impl Engine for PiperEngine {
             },
         };
         let [noise, length, noise_w] = self.defaults;
-        Ok(Box::new(PiperSynthesis {
+        Ok(PiperSynthesis {
             voice: self.voice.clone(),
             session: self.session.clone(),
             sid: if self.has_sid { sid } else { None },
@@ -167,7 +179,17 @@ impl Engine for PiperEngine {
             text_done: false,
             silence: self.silence,
             gap_before_next: 0,
-        }))
+        })
+    }
+}
+
+impl Engine for PiperEngine {
+    fn descriptor(&self) -> &ModelDescriptor {
+        &self.descriptor
+    }
+
+    fn start(&mut self, params: &SynthesisParams) -> Result<Box<dyn Synthesis>, EngineError> {
+        Ok(Box::new(self.synthesis(params)?))
     }
 }
 

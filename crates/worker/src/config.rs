@@ -1,9 +1,10 @@
 //! Worker configuration (`configs/worker.yaml`): typed, unknown keys rejected,
 //! environment overrides applied in one place.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::engines::EngineConfig;
+use crate::models::ModelCache;
 use duplex_telemetry::LogConfig;
 use duplex_tts::mock::MockConfig;
 use serde::{Deserialize, Serialize};
@@ -20,9 +21,13 @@ pub struct Config {
     pub preload: Vec<String>,
     /// Every model this worker can serve.
     pub models: Vec<EngineConfig>,
+    /// Residency: how many models stay loaded, and for how long when idle.
+    pub model_cache: ModelCache,
     pub limits: Limits,
     /// After SIGTERM: how long open streams may finish before they are stopped.
     pub shutdown_grace_ms: u64,
+    /// The ONNX Runtime shared library (for Piper voices); `duplex assets` puts it here.
+    pub onnxruntime_library: PathBuf,
     pub log: LogConfig,
 }
 
@@ -55,8 +60,10 @@ impl Default for Config {
             default_model: "mock".into(),
             preload: vec!["mock".into()],
             models: vec![EngineConfig::Mock(MockConfig::default())],
+            model_cache: ModelCache::default(),
             limits: Limits::default(),
             shutdown_grace_ms: 5_000,
+            onnxruntime_library: PathBuf::from(".cache/assets/onnxruntime/libonnxruntime.so.1.31.1"),
             log: LogConfig::default(),
         }
     }
@@ -88,6 +95,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WORKER_PORT", "grpc.port"),
     ("DEFAULT_MODEL", "default_model"),
     ("MAX_CONCURRENT_SESSIONS", "limits.max_sessions"),
+    ("ORT_DYLIB_PATH", "onnxruntime_library"),
     ("LOG_LEVEL", "log.level"),
     ("LOG_FORMAT", "log.format"),
 ];
@@ -122,11 +130,17 @@ impl Config {
         if let Some(v) = env("MAX_CONCURRENT_SESSIONS") {
             self.limits.max_sessions = parsed("MAX_CONCURRENT_SESSIONS", v)?;
         }
+        if let Some(v) = env("ORT_DYLIB_PATH") {
+            self.onnxruntime_library = PathBuf::from(v);
+        }
         duplex_config::apply_log_env(&mut self.log, &env)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let known = |id: &str| self.models.iter().any(|m| m.model_id() == id);
+        if self.model_cache.max_resident == 0 || self.model_cache.eviction_interval_ms == 0 {
+            return Err(ConfigError::Invalid("model_cache: max_resident and eviction_interval_ms must be > 0".into()));
+        }
         if self.models.is_empty() {
             return Err(ConfigError::Invalid("models: at least one model is required".into()));
         }

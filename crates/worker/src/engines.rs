@@ -10,19 +10,27 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "engine", rename_all = "snake_case", deny_unknown_fields)]
 pub enum EngineConfig {
     Mock(MockConfig),
+    /// A Piper voice on ONNX Runtime (feature `piper`).
+    #[cfg(feature = "piper")]
+    Piper(duplex_piper::PiperConfig),
 }
 
 impl EngineConfig {
     pub fn model_id(&self) -> &str {
         match self {
             EngineConfig::Mock(c) => &c.model_id,
+            #[cfg(feature = "piper")]
+            EngineConfig::Piper(c) => &c.model_id,
         }
     }
 
-    /// Languages the model speaks, as configured.
-    pub fn languages(&self) -> &[String] {
+    /// Languages the model speaks, as configured (Piper: from the voice's JSON;
+    /// empty when that cannot be read).
+    pub fn languages(&self) -> Vec<String> {
         match self {
-            EngineConfig::Mock(c) => &c.languages,
+            EngineConfig::Mock(c) => c.languages.clone(),
+            #[cfg(feature = "piper")]
+            EngineConfig::Piper(c) => c.voice().map(|v| v.languages()).unwrap_or_default(),
         }
     }
 
@@ -30,6 +38,8 @@ impl EngineConfig {
     pub fn family(&self) -> &'static str {
         match self {
             EngineConfig::Mock(_) => "mock",
+            #[cfg(feature = "piper")]
+            EngineConfig::Piper(_) => "piper",
         }
     }
 
@@ -40,6 +50,13 @@ impl EngineConfig {
                 let cfg = c.clone();
                 EngineHost::start(&c.model_id, c.threads, move || {
                     Ok(Box::new(MockEngine::new(cfg.clone())?) as Box<dyn Engine>)
+                })
+            }
+            #[cfg(feature = "piper")]
+            EngineConfig::Piper(c) => {
+                let cfg = c.clone();
+                EngineHost::start(&c.model_id, c.lanes(), move || {
+                    Ok(Box::new(duplex_piper::PiperEngine::load(&cfg)?) as Box<dyn Engine>)
                 })
             }
         }

@@ -87,26 +87,45 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: Cancellation
     let server = tokio::spawn(server);
     tracing::info!(addr = ?addr, name = %state.config.name, "worker listening; warming models");
 
+    #[cfg(feature = "piper")]
+    if state.config.models.iter().any(|m| matches!(m, crate::engines::EngineConfig::Piper(_))) {
+        // A failure here surfaces as each Piper model's load error.
+        if let Err(e) = duplex_piper::init_runtime(&state.config.onnxruntime_library) {
+            tracing::error!(error = %e, "ONNX Runtime unavailable; Piper voices cannot load");
+        }
+    }
     for model in &preload {
         tokio::select! {
-            loaded = state.models.load(model) => { loaded?; }
+            loaded = state.models.load(model) => match loaded {
+                Ok(_) => {}
+                // Without its default model the worker is of no use: fail loudly.
+                Err(e) if *model == state.config.default_model => {
+                    server_stop.cancel();
+                    return Err(e.into());
+                }
+                Err(e) => tracing::error!(error = %e, "preload failed; other models keep serving"),
+            },
             _ = shutdown.cancelled() => break,
         }
     }
     if !shutdown.is_cancelled() {
         reporter.set_serving::<TtsServiceServer<Service>>().await;
         reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
-        tracing::info!(addr = ?addr, models = ?state.models.loaded().keys().collect::<Vec<_>>(), "worker SERVING");
+        tracing::info!(addr = ?addr, models = ?state.models.resident().keys().collect::<Vec<_>>(), "worker SERVING");
     }
 
     let idle = Duration::from_millis(state.config.limits.session_idle_timeout_ms);
     let sweep = idle.div_f64(2.0).min(MAX_SWEEP_INTERVAL);
     let mut sweeps = tokio::time::interval(sweep);
+    let mut evictions = tokio::time::interval(Duration::from_millis(state.config.model_cache.eviction_interval_ms));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = sweeps.tick() => {
                 state.sessions.expire(idle);
+            }
+            _ = evictions.tick() => {
+                state.models.evict_expired();
             }
         }
     }

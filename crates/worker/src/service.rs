@@ -45,7 +45,7 @@ pub struct State {
 impl State {
     pub fn new(config: Config) -> Self {
         Self {
-            models: Models::new(config.models.clone()),
+            models: Models::new(config.models.clone(), config.model_cache.clone(), config.default_model.clone()),
             config,
             sessions: Sessions::default(),
             counters: Arc::default(),
@@ -63,6 +63,7 @@ pub struct Service(pub Arc<State>);
 fn model_status(e: ModelError) -> Status {
     match e {
         ModelError::Unknown(_) => Status::not_found(e.to_string()),
+        ModelError::Full { .. } => Status::resource_exhausted(e.to_string()),
         ModelError::Load { .. } => {
             tracing::error!(error = %e, "model load failed");
             Status::unavailable(e.to_string())
@@ -117,6 +118,7 @@ impl TtsService for Service {
         if !req.language.is_empty() {
             let cfg = state.models.configs().iter().find(|c| c.model_id() == model_id);
             if let Some(languages) = cfg.map(|c| c.languages())
+                && !languages.is_empty()
                 && !languages.iter().any(|l| req.language.starts_with(l.as_str()))
             {
                 return Err(Status::invalid_argument(format!(
@@ -198,7 +200,7 @@ impl TtsService for Service {
     }
 
     async fn list_models(&self, _: Request<ListModelsRequest>) -> Result<Response<ListModelsResponse>, Status> {
-        let loaded = self.0.models.loaded();
+        let loaded = self.0.models.resident();
         let models = self
             .0
             .models
@@ -207,8 +209,15 @@ impl TtsService for Service {
             .map(|c| {
                 let id = c.model_id();
                 let (family, languages, metadata) = match loaded.get(id) {
-                    Some(d) => (d.family.clone(), d.languages.clone(), d.metadata.clone().into_iter().collect()),
-                    None => (c.family().to_string(), c.languages().to_vec(), Default::default()),
+                    Some(r) => {
+                        let d = &r.descriptor;
+                        let mut metadata: std::collections::HashMap<String, String> = d.metadata.clone().into_iter().collect();
+                        metadata.insert("sample_rate_hz".into(), d.sample_rate_hz.to_string());
+                        metadata.insert("load_ms".into(), r.load_time.as_millis().to_string());
+                        metadata.insert("in_use".into(), r.in_use.to_string());
+                        (d.family.clone(), d.languages.clone(), metadata)
+                    }
+                    None => (c.family().to_string(), c.languages(), Default::default()),
                 };
                 ModelInfo { model_id: id.to_string(), family, is_loaded: loaded.contains_key(id), languages, metadata }
             })
@@ -245,9 +254,9 @@ impl TtsService for Service {
         _: Request<GetCapabilitiesRequest>,
     ) -> Result<Response<GetCapabilitiesResponse>, Status> {
         let state = &self.0;
-        let loaded = state.models.loaded();
+        let loaded = state.models.resident();
         let languages: BTreeSet<String> =
-            state.models.configs().iter().flat_map(|c| c.languages().iter().cloned()).collect();
+            state.models.configs().iter().flat_map(|c| c.languages()).collect();
         let capabilities = Capabilities {
             streaming: true,
             zero_shot: false,
