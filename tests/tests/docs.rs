@@ -51,10 +51,8 @@ fn every_config_key_is_documented() {
             missing.push(format!("mock {key}"));
         }
     }
-    let piper: duplex_piper::PiperConfig = serde_yaml::from_str(
-        "model_id: v\nvoice_dir: d\nnoise_scale: 0.5\nlength_scale: 1.0\nnoise_w: 0.8\n",
-    )
-    .unwrap();
+    let piper: duplex_piper::PiperConfig =
+        serde_yaml::from_str("model_id: v\nvoice_dir: d\nnoise_scale: 0.5\nlength_scale: 1.0\nnoise_w: 0.8\n").unwrap();
     for key in all_keys(&piper) {
         if !doc.contains(&key) {
             missing.push(format!("piper {key}"));
@@ -73,7 +71,8 @@ fn env_variables_agree_between_code_docs_and_compose() {
     let doc = documented(&repo("docs/CONFIG.md"));
     let documented_env: BTreeSet<String> =
         doc.iter().filter(|k| k.chars().all(|c| c.is_ascii_uppercase() || c == '_')).cloned().collect();
-    let mut known: BTreeSet<String> = ["WORKER_CONFIG", "ORCHESTRATOR_CONFIG", "DUPLEX_ASSETS"].map(String::from).into();
+    let mut known: BTreeSet<String> =
+        ["WORKER_CONFIG", "ORCHESTRATOR_CONFIG", "DUPLEX_ASSETS"].map(String::from).into();
     known.extend(duplex_worker::config::ENV_OVERRIDES.iter().map(|(k, _)| k.to_string()));
     known.extend(duplex_orchestrator::config::ENV_OVERRIDES.iter().map(|(k, _)| k.to_string()));
     assert_eq!(documented_env, known, "env vars in docs/CONFIG.md vs the code");

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use duplex_proto::tts::{
-    AudioFrame, ControlCommand, ControlRequest, EndReason, GetCapabilitiesRequest, ListModelsRequest,
-    LoadModelRequest, StartSessionRequest, TextChunk,
+    AudioFrame, ControlCommand, ControlRequest, EndReason, GetCapabilitiesRequest, ListModelsRequest, LoadModelRequest,
+    StartSessionRequest, TextChunk,
 };
 use duplex_tests::*;
-use duplex_worker::engines::EngineConfig;
 use duplex_tts::mock::MockConfig;
+use duplex_worker::engines::EngineConfig;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -56,7 +56,9 @@ async fn start(c: &mut Client, id: &str, model: &str) {
 
 async fn open(c: &mut Client, id: &str, text: &str) -> (mpsc::Sender<TextChunk>, tonic::Streaming<AudioFrame>) {
     let (tx, rx) = mpsc::channel(8);
-    tx.send(TextChunk { session_id: id.into(), text: text.into(), is_final: true, ..Default::default() }).await.unwrap();
+    tx.send(TextChunk { session_id: id.into(), text: text.into(), is_final: true, ..Default::default() })
+        .await
+        .unwrap();
     (tx, c.synthesize(ReceiverStream::new(rx)).await.expect("Synthesize").into_inner())
 }
 
@@ -110,9 +112,14 @@ async fn numbers_are_spoken() {
     start(&mut c, "s", VOICE).await;
     let (tx, mut frames) = open(&mut c, "s", "I have apples.").await;
     let plain = seconds(&utterance(&mut frames).await.0);
-    tx.send(TextChunk { session_id: "s".into(), text: "I have 4,321 apples.".into(), is_final: true, ..Default::default() })
-        .await
-        .unwrap();
+    tx.send(TextChunk {
+        session_id: "s".into(),
+        text: "I have 4,321 apples.".into(),
+        is_final: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let with_number = seconds(&utterance(&mut frames).await.0);
     // "four thousand three hundred twenty-one" takes well over a second.
     assert!(with_number - plain > 1.0, "{plain:.2} s without, {with_number:.2} s with the number");

@@ -94,8 +94,9 @@ impl Resampler {
         self.buffer.extend(std::iter::repeat_n(0.0, HALF_TAPS + 1));
         let mut out = self.drain(self.seen + HALF_TAPS as u64 + 1);
         out.truncate((total_out - (self.next_out - out.len() as u64)) as usize);
-        self.next_out = total_out;
-        self.buffer.clear();
+        // Ready for a new stream.
+        *self =
+            Self { buffer: Vec::new(), base: 0, next_out: 0, seen: 0, table: std::mem::take(&mut self.table), ..*self };
         out
     }
 

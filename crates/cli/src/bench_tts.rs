@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use duplex_orchestrator::protocol::{AudioFormat, Command, ServerMessage};
+use duplex_orchestrator::protocol::{AudioFormat, ServerMessage};
 use duplex_proto::TtsServiceClient;
 use duplex_proto::tts::{AudioFrame, StartSessionRequest, TextChunk};
 use duplex_tts::{Engine, EngineHost, JobEvent, SynthesisParams};
@@ -32,7 +32,8 @@ use crate::stats::Summary;
 const VOICE: &str = "en_US-joe-medium";
 const SHORT: &str = "Sure, I can help with that right away.";
 /// 110 characters, no clause break: one chunk.
-const LONG: &str = "The committee reviewed every single proposal very carefully before announcing the final decision to the crowd.";
+const LONG: &str =
+    "The committee reviewed every single proposal very carefully before announcing the final decision to the crowd.";
 /// About 12 s of speech.
 const PARAGRAPH: &str = "Good morning and welcome back. Today we will look at how streaming speech works, \
 why the first words matter most, and what happens when someone interrupts. Each sentence is synthesized \
@@ -87,7 +88,11 @@ async fn read_utterance(s: &mut Stream) -> anyhow::Result<(Vec<Instant>, Duratio
     }
 }
 
-async fn worker_first_audio(client: &mut TtsServiceClient<Channel>, text: &str, reps: usize) -> anyhow::Result<Summary> {
+async fn worker_first_audio(
+    client: &mut TtsServiceClient<Channel>,
+    text: &str,
+    reps: usize,
+) -> anyhow::Result<Summary> {
     let mut s = open_session(client, &format!("fa-{}", text.len()), text).await?;
     let mut sent = Instant::now();
     let mut ms = Vec::new();
@@ -120,10 +125,9 @@ async fn orchestrator_first_audio(url: &str, reps: usize) -> anyhow::Result<Summ
                 _ => {}
             }
         }
-        // Cut it short: playback is real time and only the first frame matters here.
-        c.control(Command::Stop).await?;
+        // Let the turn finish (real-time playback) so the next one starts idle.
         loop {
-            if let Event::Message { message: ServerMessage::ControlAck { .. }, .. } = c.next().await? {
+            if let Event::Message { message: ServerMessage::UtteranceEnd { .. }, .. } = c.next().await? {
                 break;
             }
         }
@@ -143,7 +147,14 @@ async fn concurrent(grpc: &str, n: usize, round: usize) -> anyhow::Result<(usize
             let mut s = open_session(&mut client, &format!("c{round}-{i}"), PARAGRAPH).await?;
             let (times, audio) = read_utterance(&mut s).await?;
             let start = times[0] + PLAYBACK_BUFFER;
-            let gap = times.iter().enumerate().any(|(k, t)| *t > start + duplex_audio::FRAME_DURATION * k as u32);
+            let late = times.iter().enumerate().find(|(k, t)| **t > start + duplex_audio::FRAME_DURATION * *k as u32);
+            if let Some((k, t)) = late
+                && std::env::var_os("DUPLEX_BENCH_DUMP").is_some()
+            {
+                let by = *t - (start + duplex_audio::FRAME_DURATION * k as u32);
+                eprintln!("session {i}: frame {k} of {} late by {:.0} ms", times.len(), by.as_secs_f64() * 1e3);
+            }
+            let gap = late.is_some();
             let rtf = (*times.last().expect("frames") - sent).as_secs_f64() / audio.as_secs_f64();
             let first = (times[0] - sent).as_secs_f64() * 1e3;
             anyhow::Ok((gap, rtf, first))
@@ -169,9 +180,8 @@ fn engine_overhead(args: &TtsBenchArgs) -> anyhow::Result<(f64, f64)> {
     let engine = duplex_piper::PiperEngine::load(&config)?;
     let ids = engine.chunk_ids(PARAGRAPH)?;
     let cfg = config.clone();
-    let host = EngineHost::start(VOICE, 1, move || {
-        Ok(Box::new(duplex_piper::PiperEngine::load(&cfg)?) as Box<dyn Engine>)
-    })?;
+    let host =
+        EngineHost::start(VOICE, 1, move || Ok(Box::new(duplex_piper::PiperEngine::load(&cfg)?) as Box<dyn Engine>))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (mut bare, mut full) = (f64::MAX, f64::MAX);
     for _ in 0..3 {
@@ -209,7 +219,7 @@ pub async fn run(args: TtsBenchArgs) -> anyhow::Result<()> {
     println!("worker first audio, short first clause ({:?}):  {short}", SHORT.split(',').next().unwrap_or(SHORT));
     let long = worker_first_audio(&mut client, LONG, args.reps).await?;
     println!("worker first audio, {}-char sentence:          {long}", LONG.len());
-    let through = orchestrator_first_audio(&stack.url, args.reps).await?;
+    let through = orchestrator_first_audio(&stack.url, args.reps.div_ceil(2)).await?;
     println!("orchestrator first audio, short clause:         {through}");
 
     println!("\nconcurrent sessions (paragraph of ~12 s each, playback buffer {} ms):", PLAYBACK_BUFFER.as_millis());

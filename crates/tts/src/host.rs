@@ -21,10 +21,10 @@ use crate::engine::{Engine, EngineError, ModelDescriptor, Step, Synthesis, Synth
 /// Commands queued to a lane. When full, `Job::push_text` waits: text input
 /// is slowed to the pace the lane can take it.
 const LANE_COMMAND_QUEUE: usize = 256;
-/// Frames a job may have synthesized ahead of its consumer. When full the job
-/// is not stepped, so a slow or paused consumer stops synthesis, and a STOP
-/// discards at most this much work.
-const JOB_QUEUE_FRAMES: usize = 4;
+/// A job is stepped again only while fewer frames than this (1 s) wait for its
+/// consumer: synthesis stays about a second ahead of a slow or paused
+/// listener, and a STOP discards at most that much work (plus one chunk).
+const SYNTH_AHEAD_FRAMES: usize = 50;
 /// Longest park without a known deadline; a safety net, not a poll interval.
 const MAX_PARK: Duration = Duration::from_secs(1);
 
@@ -54,6 +54,39 @@ pub enum HostError {
 }
 
 /// Shared between a job's owner and its lane.
+/// A job's frames on their way to the consumer. The lane appends whole
+/// chunks at once and the consumer takes them without the lane's help, so a
+/// lane busy with another job's inference never starves this one's listener.
+/// Bounded by the lane: it steps a job only while fewer than
+/// `SYNTH_AHEAD_FRAMES` wait here (so at most that plus one chunk).
+#[derive(Default)]
+struct Queue {
+    events: std::sync::Mutex<VecDeque<JobEvent>>,
+    ready: tokio::sync::Notify,
+    /// The lane is done with the job: nothing more will be added.
+    closed: AtomicBool,
+}
+
+impl Queue {
+    fn push(&self, events: impl IntoIterator<Item = JobEvent>) {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).extend(events);
+        self.ready.notify_one();
+    }
+
+    fn len(&self) -> usize {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn pop(&self) -> Option<JobEvent> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+}
+
 #[derive(Debug, Default)]
 struct Control {
     cancel: CancellationToken,
@@ -61,7 +94,7 @@ struct Control {
 }
 
 enum Command {
-    Start { id: u64, params: SynthesisParams, events_tx: mpsc::Sender<JobEvent>, control: Arc<Control> },
+    Start { id: u64, params: SynthesisParams, queue: Arc<Queue>, control: Arc<Control> },
     Text { id: u64, text: String },
     Finish { id: u64 },
 }
@@ -155,14 +188,17 @@ impl EngineHost {
             .expect("a host has at least one lane")
             .clone();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (events_tx, events_rx) = mpsc::channel(JOB_QUEUE_FRAMES);
+        let queue = Arc::new(Queue::default());
         let control = Arc::new(Control::default());
         // Count it now so back-to-back starts spread over lanes.
         lane.active.fetch_add(1, Ordering::Relaxed);
-        lane.send(Command::Start { id, params, events_tx, control: control.clone() }, &self.descriptor.model_id)
-            .await?;
+        lane.send(
+            Command::Start { id, params, queue: queue.clone(), control: control.clone() },
+            &self.descriptor.model_id,
+        )
+        .await?;
         let handle = JobHandle { id, lane, model: self.descriptor.model_id.as_str().into(), control };
-        Ok(Job { handle, events_rx })
+        Ok(Job { handle, queue })
     }
 }
 
@@ -212,7 +248,7 @@ impl JobHandle {
 /// it cancels the synthesis.
 pub struct Job {
     handle: JobHandle,
-    events_rx: mpsc::Receiver<JobEvent>,
+    queue: Arc<Queue>,
 }
 
 impl std::fmt::Debug for Job {
@@ -229,10 +265,19 @@ impl Job {
     /// Next frame or the end; `None` if the job was cancelled or its lane died.
     /// Cancel-safe: a frame is either returned or left in the queue.
     pub async fn next(&mut self) -> Option<JobEvent> {
-        let ev = self.events_rx.recv().await;
-        // Room was made in the queue: the lane may step this job again.
-        self.handle.lane.thread.unpark();
-        ev
+        loop {
+            // Registered before the check: a push in between is not missed.
+            let ready = self.queue.ready.notified();
+            if let Some(ev) = self.queue.pop() {
+                // Room was made: the lane may step this job again.
+                self.handle.lane.thread.unpark();
+                return Some(ev);
+            }
+            if self.queue.closed.load(Ordering::Acquire) {
+                return self.queue.pop();
+            }
+            ready.await;
+        }
     }
 }
 
@@ -249,84 +294,93 @@ struct Running {
     /// Engine rate to the wire rate, continuous across the whole utterance.
     resampler: Resampler,
     framer: Framer,
-    events_tx: mpsc::Sender<JobEvent>,
-    outbox: VecDeque<JobEvent>,
+    queue: Arc<Queue>,
     control: Arc<Control>,
+    started: Instant,
+    /// When the first frame was made, and how many frames since: the
+    /// listener's playback clock, which sets this job's deadline.
+    first_frame_at: Option<Instant>,
+    frames_made: u32,
+    /// The engine asked not to be stepped before this.
+    not_before: Option<Instant>,
+    /// The engine has spoken all text it has; set again by new text.
+    needs_text: bool,
     produced_audio: bool,
     ended: bool,
 }
 
-enum Progress {
-    Idle,
-    Moved,
-    WakeAt(Instant),
-    Gone,
-}
-
 impl Running {
-    /// Moves queued events to the consumer; false if the consumer is gone.
-    fn flush(&mut self) -> Result<bool, ()> {
-        let mut moved = false;
-        while !self.outbox.is_empty() {
-            match self.events_tx.try_reserve() {
-                Ok(permit) => {
-                    permit.send(self.outbox.pop_front().expect("checked non-empty"));
-                    moved = true;
-                }
-                Err(mpsc::error::TrySendError::Full(())) => break,
-                Err(mpsc::error::TrySendError::Closed(())) => return Err(()),
-            }
+    fn new(id: u64, synthesis: Box<dyn Synthesis>, rate: u32, queue: Arc<Queue>, control: Arc<Control>) -> Self {
+        Self {
+            id,
+            synthesis,
+            resampler: Resampler::new(rate, duplex_audio::SAMPLE_RATE_HZ),
+            framer: Framer::new(),
+            queue,
+            control,
+            started: Instant::now(),
+            first_frame_at: None,
+            frames_made: 0,
+            not_before: None,
+            needs_text: false,
+            produced_audio: false,
+            ended: false,
         }
-        Ok(moved)
     }
 
-    fn advance(&mut self, now: Instant) -> Progress {
-        if self.control.cancel.is_cancelled() {
-            return Progress::Gone;
+    /// When the listener would run out of this job's audio: jobs that have
+    /// said nothing yet are due at their start, so first audio comes first.
+    fn deadline(&self) -> Instant {
+        match self.first_frame_at {
+            Some(t) => t + duplex_audio::FRAME_DURATION * self.frames_made,
+            None => self.started,
         }
-        let Ok(mut moved) = self.flush() else { return Progress::Gone };
-        if self.ended {
-            return if self.outbox.is_empty() {
-                Progress::Gone
-            } else if moved {
-                Progress::Moved
-            } else {
-                Progress::Idle
-            };
+    }
+
+    fn runnable(&self, now: Instant) -> bool {
+        !self.ended
+            && !self.needs_text
+            && !self.control.paused.load(Ordering::Relaxed)
+            && self.queue.len() < SYNTH_AHEAD_FRAMES
+            && self.not_before.is_none_or(|t| t <= now)
+    }
+
+    /// Frames samples already at the wire rate.
+    fn push_frames(&mut self, wire: &[f32], now: Instant) {
+        let frames = self.framer.push(&to_i16(wire));
+        if !frames.is_empty() {
+            self.first_frame_at.get_or_insert(now);
+            self.frames_made += frames.len() as u32;
         }
-        if self.control.paused.load(Ordering::Relaxed) || !self.outbox.is_empty() {
-            return if moved { Progress::Moved } else { Progress::Idle };
-        }
+        self.queue.push(frames.into_iter().map(JobEvent::Frame));
+    }
+
+    /// One step of the engine.
+    fn step(&mut self, now: Instant) {
+        self.not_before = None;
         match self.synthesis.step(now) {
             Ok(Step::Audio(samples)) => {
                 self.produced_audio |= !samples.is_empty();
-                let wire = to_i16(&self.resampler.push(&samples));
-                self.outbox.extend(self.framer.push(&wire).into_iter().map(JobEvent::Frame));
-                moved = true;
+                let wire = self.resampler.push(&samples);
+                self.push_frames(&wire, now);
             }
-            Ok(Step::NeedText) => {}
-            Ok(Step::NotBefore(at)) => return if moved { Progress::Moved } else { Progress::WakeAt(at) },
+            Ok(Step::NeedText) => self.needs_text = true,
+            Ok(Step::NotBefore(at)) => self.not_before = Some(at),
             Ok(Step::Done) => {
-                let tail = to_i16(&self.resampler.finish());
-                self.outbox.extend(self.framer.push(&tail).into_iter().map(JobEvent::Frame));
+                let tail = self.resampler.finish();
+                self.push_frames(&tail, now);
                 let last = self.framer.finish();
                 let outcome = if self.produced_audio { Outcome::Completed } else { Outcome::Empty };
-                self.outbox.push_back(JobEvent::End { last, outcome });
+                self.queue.push([JobEvent::End { last, outcome }]);
                 self.ended = true;
-                moved = true;
             }
             Err(e) => {
                 tracing::warn!(job = self.id, error = %e, "synthesis failed");
                 self.framer.clear();
-                self.outbox.push_back(JobEvent::End { last: None, outcome: Outcome::Failed(e.to_string()) });
+                self.queue.push([JobEvent::End { last: None, outcome: Outcome::Failed(e.to_string()) }]);
                 self.ended = true;
-                moved = true;
             }
         }
-        if self.flush().is_err() {
-            return Progress::Gone;
-        }
-        if moved { Progress::Moved } else { Progress::Idle }
     }
 }
 
@@ -334,38 +388,34 @@ fn to_i16(samples: &[f32]) -> Vec<i16> {
     samples.iter().map(|s| (s.clamp(-1.0, 1.0) * i16::MAX as f32).round() as i16).collect()
 }
 
+/// A lane's loop: take commands, hand out finished frames, then step the
+/// runnable job with the earliest deadline (earliest-deadline-first: the
+/// listener closest to running out of audio is served next, and a new
+/// utterance's first chunk goes before anyone's look-ahead).
 fn run_lane(mut engine: Box<dyn Engine>, mut cmd_rx: mpsc::Receiver<Command>, active: Arc<AtomicUsize>) {
     let rate = engine.descriptor().sample_rate_hz;
     let mut jobs: Vec<Running> = Vec::new();
     loop {
         loop {
             match cmd_rx.try_recv() {
-                Ok(Command::Start { id, params, events_tx, control }) => match engine.start(&params) {
-                    Ok(synthesis) => jobs.push(Running {
-                        id,
-                        synthesis,
-                        resampler: Resampler::new(rate, duplex_audio::SAMPLE_RATE_HZ),
-                        framer: Framer::new(),
-                        events_tx,
-                        outbox: VecDeque::new(),
-                        control,
-                        produced_audio: false,
-                        ended: false,
-                    }),
+                Ok(Command::Start { id, params, queue, control }) => match engine.start(&params) {
+                    Ok(synthesis) => jobs.push(Running::new(id, synthesis, rate, queue, control)),
                     Err(e) => {
-                        let _ =
-                            events_tx.try_send(JobEvent::End { last: None, outcome: Outcome::Failed(e.to_string()) });
+                        queue.push([JobEvent::End { last: None, outcome: Outcome::Failed(e.to_string()) }]);
+                        queue.close();
                         active.fetch_sub(1, Ordering::Relaxed);
                     }
                 },
                 Ok(Command::Text { id, text }) => {
                     if let Some(job) = jobs.iter_mut().find(|j| j.id == id) {
                         job.synthesis.push_text(&text);
+                        job.needs_text = false;
                     }
                 }
                 Ok(Command::Finish { id }) => {
                     if let Some(job) = jobs.iter_mut().find(|j| j.id == id) {
                         job.synthesis.finish_text();
+                        job.needs_text = false;
                     }
                 }
                 Err(TryRecvError::Empty) => break,
@@ -373,31 +423,25 @@ fn run_lane(mut engine: Box<dyn Engine>, mut cmd_rx: mpsc::Receiver<Command>, ac
             }
         }
 
-        let now = Instant::now();
-        let mut moved = false;
-        let mut wake_at: Option<Instant> = None;
-        jobs.retain_mut(|job| match job.advance(now) {
-            Progress::Gone => {
+        jobs.retain_mut(|job| {
+            let keep = !job.ended && !job.control.cancel.is_cancelled();
+            if !keep {
+                job.queue.close();
                 active.fetch_sub(1, Ordering::Relaxed);
-                false
             }
-            Progress::Moved => {
-                moved = true;
-                true
-            }
-            Progress::WakeAt(at) => {
-                wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
-                true
-            }
-            Progress::Idle => true,
+            keep
         });
 
-        if !moved {
-            // A command, a consumed frame, pause/cancel or the deadline unparks us.
-            let wait = wake_at.map_or(MAX_PARK, |at| at.saturating_duration_since(Instant::now()).min(MAX_PARK));
-            if !wait.is_zero() {
-                thread::park_timeout(wait);
-            }
+        let now = Instant::now();
+        if let Some(job) = jobs.iter_mut().filter(|j| j.runnable(now)).min_by_key(|j| j.deadline()) {
+            job.step(now);
+            continue;
+        }
+        // A command, a consumed frame, pause/cancel or a deadline unparks us.
+        let wake_at = jobs.iter().filter_map(|j| j.not_before).min();
+        let wait = wake_at.map_or(MAX_PARK, |at| at.saturating_duration_since(Instant::now()).min(MAX_PARK));
+        if !wait.is_zero() {
+            thread::park_timeout(wait);
         }
     }
 }

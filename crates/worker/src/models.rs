@@ -107,8 +107,11 @@ impl Models {
         resident
             .iter()
             .map(|(id, r)| {
-                let info =
-                    ResidentInfo { descriptor: r.host.descriptor().clone(), load_time: r.load_time, in_use: r.in_use() };
+                let info = ResidentInfo {
+                    descriptor: r.host.descriptor().clone(),
+                    load_time: r.load_time,
+                    in_use: r.in_use(),
+                };
                 (id.clone(), info)
             })
             .collect()

@@ -211,7 +211,8 @@ impl TtsService for Service {
                 let (family, languages, metadata) = match loaded.get(id) {
                     Some(r) => {
                         let d = &r.descriptor;
-                        let mut metadata: std::collections::HashMap<String, String> = d.metadata.clone().into_iter().collect();
+                        let mut metadata: std::collections::HashMap<String, String> =
+                            d.metadata.clone().into_iter().collect();
                         metadata.insert("sample_rate_hz".into(), d.sample_rate_hz.to_string());
                         metadata.insert("load_ms".into(), r.load_time.as_millis().to_string());
                         metadata.insert("in_use".into(), r.in_use.to_string());
@@ -255,8 +256,7 @@ impl TtsService for Service {
     ) -> Result<Response<GetCapabilitiesResponse>, Status> {
         let state = &self.0;
         let loaded = state.models.resident();
-        let languages: BTreeSet<String> =
-            state.models.configs().iter().flat_map(|c| c.languages()).collect();
+        let languages: BTreeSet<String> = state.models.configs().iter().flat_map(|c| c.languages()).collect();
         let capabilities = Capabilities {
             streaming: true,
             zero_shot: false,
