@@ -184,7 +184,7 @@ fn engine_overhead(args: &TtsBenchArgs) -> anyhow::Result<(f64, f64)> {
         EngineHost::start(VOICE, 1, move || Ok(Box::new(duplex_piper::PiperEngine::load(&cfg)?) as Box<dyn Engine>))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (mut bare, mut full) = (f64::MAX, f64::MAX);
-    for _ in 0..3 {
+    for _ in 0..5 {
         let t = Instant::now();
         for chunk in &ids {
             engine.infer_ids(chunk.clone())?;

@@ -1,11 +1,16 @@
 //! Text preparation shared by engines: normalization (numbers, common
 //! abbreviations and symbols become words) and segmentation of streamed
-//! text into chunks that can be synthesized one at a time: sentences, and
-//! for the first sentence of an utterance its clauses, so the first audio
-//! comes after the first few words rather than the whole sentence.
+//! text into chunks that can be synthesized one at a time: sentences; for the
+//! first sentence of an utterance its clauses, so the first audio comes after
+//! the first few words rather than the whole sentence; and long later
+//! sentences at their clause boundaries, so a busy engine stays ahead.
 
 /// A chunk longer than this is cut at a word boundary even without punctuation.
 const MAX_CHUNK_CHARS: usize = 300;
+/// After the first sentence, a sentence is cut at a clause boundary once the
+/// chunk is this long: short sentences keep their prosody whole, long ones
+/// come in pieces a loaded engine can keep ahead of playback with.
+const LONG_CLAUSE_CHARS: usize = 60;
 
 /// Abbreviations whose period does not end a sentence, with their spoken form.
 const ABBREVIATIONS: &[(&str, &str)] = &[
@@ -115,7 +120,7 @@ impl Segmenter {
                     .sum();
                 return Some((end + closing, true));
             }
-            if first && matches!(c, ',' | ';' | ':' | '—') && at_gap && next.is_some() {
+            if (first || end >= LONG_CLAUSE_CHARS) && matches!(c, ',' | ';' | ':' | '—') && at_gap && next.is_some() {
                 return Some((end, false));
             }
             if end >= MAX_CHUNK_CHARS
@@ -406,6 +411,15 @@ mod tests {
                 ("Done!".into(), true)
             ]
         );
+    }
+
+    #[test]
+    fn long_later_sentences_split_at_clauses() {
+        let long = "Then we go on through a rather long sentence with many words, and only here, at last, does it end.";
+        let got = chunks(&["Hi. ", long]);
+        assert_eq!(got[0], ("Hi.".into(), true));
+        assert_eq!(got[1], ("Then we go on through a rather long sentence with many words,".into(), false));
+        assert_eq!(got[2], ("and only here, at last, does it end.".into(), true));
     }
 
     #[test]
