@@ -48,6 +48,8 @@ pub struct Stack {
 impl Stack {
     pub async fn start(worker: duplex_worker::Config, tweak: impl FnOnce(&mut duplex_orchestrator::Config)) -> Self {
         let worker = duplex_worker::spawn(worker).await.expect("worker starts");
+        // Real voices take seconds to warm; tests start talking once it is ready.
+        wait_serving(&worker.addr.to_string(), Duration::from_secs(60)).await;
         let mut oc = orchestrator_config(&format!("grpc://{}", worker.addr));
         tweak(&mut oc);
         let orchestrator = duplex_orchestrator::spawn(oc).await.expect("orchestrator starts");

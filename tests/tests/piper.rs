@@ -275,3 +275,29 @@ async fn idle_models_are_evicted_and_reload_on_demand() {
     let (_tx, mut frames) = open(&mut c, "again", "Back again.").await;
     assert_eq!(utterance(&mut frames).await.0.last().unwrap().end_reason, EndReason::Completed as i32);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_interrupts_the_inference_in_flight() {
+    // One engine thread: the next utterance can only start once the stopped
+    // one's inference has ended, so its first audio shows whether STOP
+    // interrupted a long chunk (~1 s of compute) or waited for it.
+    let worker = duplex_worker::spawn(piper_worker()).await.unwrap();
+    let mut c = grpc(worker.addr).await;
+    start(&mut c, "s", VOICE).await;
+    let long = "Hi. This sentence goes on and on without a single break because it wants to keep the engine busy for \
+                a long time while somebody else is already talking over it and expecting to be heard right away now.";
+    let (tx, mut frames) = open(&mut c, "s", long).await;
+    frames.message().await.unwrap().unwrap(); // "Hi." is out; the long chunk is being synthesized
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.control(ControlRequest { session_id: "s".into(), command: ControlCommand::Stop as i32, utterance_id: 0 })
+        .await
+        .unwrap();
+    let (_, _) = utterance(&mut frames).await;
+    let sent = Instant::now();
+    tx.send(TextChunk { session_id: "s".into(), text: "Okay.".into(), is_final: true, ..Default::default() })
+        .await
+        .unwrap();
+    let (_, first) = utterance(&mut frames).await;
+    let waited = first - sent;
+    assert!(waited < Duration::from_millis(500), "first audio after STOP took {waited:?}");
+}

@@ -33,6 +33,7 @@ async fn session(port: u16, stall_ms: u64) -> (duplex_orchestrator::Handle, Clie
     let mut cfg = orchestrator_config(&format!("grpc://127.0.0.1:{port}"));
     cfg.routing.stall_timeout_ms = stall_ms;
     cfg.routing.connect_timeout_ms = 1_000;
+    cfg.routing.session_start_timeout_ms = 2_000;
     let orch = duplex_orchestrator::spawn(cfg).await.unwrap();
     let mut c = Client::connect(&format!("ws://{}/ws", orch.addr), AudioFormat::Binary).await.unwrap();
     c.session_start().await.unwrap();
@@ -149,6 +150,7 @@ async fn the_client_is_read_while_a_frozen_worker_is_being_dialled() {
     signal(&worker, "-STOP"); // accepts TCP (kernel backlog) but never answers
     let mut cfg = orchestrator_config(&format!("grpc://127.0.0.1:{port}"));
     cfg.routing.connect_timeout_ms = 1_500;
+    cfg.routing.session_start_timeout_ms = 1_500;
     let orch = duplex_orchestrator::spawn(cfg).await.unwrap();
     let mut c = Client::connect(&format!("ws://{}/ws", orch.addr), AudioFormat::Binary).await.unwrap();
     c.session_start().await.unwrap();

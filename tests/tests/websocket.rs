@@ -273,6 +273,7 @@ async fn an_unreachable_worker_is_reported_and_the_session_survives() {
     let port = free_port();
     let mut cfg = orchestrator_config(&format!("grpc://127.0.0.1:{port}"));
     cfg.routing.connect_timeout_ms = 500;
+    cfg.routing.session_start_timeout_ms = 500;
     let orch = duplex_orchestrator::spawn(cfg).await.unwrap();
     let mut c = Client::connect(&format!("ws://{}/ws", orch.addr), AudioFormat::Binary).await.unwrap();
     c.session_start().await.unwrap();

@@ -49,6 +49,9 @@ pub struct Routing {
     /// Model requested for sessions; empty = the worker's default.
     pub default_model: String,
     pub connect_timeout_ms: u64,
+    /// StartSession and opening the stream; longer, since the worker may load
+    /// the model on demand.
+    pub session_start_timeout_ms: u64,
     /// No frame for this long while an utterance is playing = worker unavailable.
     pub stall_timeout_ms: u64,
 }
@@ -111,6 +114,7 @@ impl Default for Routing {
             static_worker_addr: "grpc://127.0.0.1:7001".into(),
             default_model: String::new(),
             connect_timeout_ms: 2_000,
+            session_start_timeout_ms: 15_000,
             stall_timeout_ms: 5_000,
         }
     }

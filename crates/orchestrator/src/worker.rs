@@ -43,6 +43,7 @@ pub struct WorkerPool {
     addr: String,
     channel: Channel,
     timeout: Duration,
+    start_timeout: Duration,
     default_model: String,
 }
 
@@ -64,6 +65,7 @@ impl WorkerPool {
             addr: routing.static_worker_addr.clone(),
             channel,
             timeout,
+            start_timeout: Duration::from_millis(routing.session_start_timeout_ms),
             default_model: routing.default_model.clone(),
         })
     }
@@ -87,11 +89,13 @@ impl WorkerPool {
     }
 
     async fn timed<T>(&self, fut: impl Future<Output = Result<T, Status>>) -> Result<T, WorkerError> {
-        match tokio::time::timeout(self.timeout, fut).await {
+        self.within(self.timeout, fut).await
+    }
+
+    async fn within<T>(&self, limit: Duration, fut: impl Future<Output = Result<T, Status>>) -> Result<T, WorkerError> {
+        match tokio::time::timeout(limit, fut).await {
             Ok(r) => r.map_err(|s| self.map_status(s)),
-            Err(_) => {
-                Err(WorkerError::Timeout { addr: self.addr.clone(), timeout_ms: self.timeout.as_millis() as u64 })
-            }
+            Err(_) => Err(WorkerError::Timeout { addr: self.addr.clone(), timeout_ms: limit.as_millis() as u64 }),
         }
     }
 
@@ -119,10 +123,11 @@ impl WorkerPool {
             sample_rate_hz: duplex_audio::SAMPLE_RATE_HZ as i32,
             ..Default::default()
         };
-        self.timed(client.start_session(req)).await?;
+        self.within(self.start_timeout, client.start_session(req)).await?;
         let (text_tx, text_rx) = mpsc::channel(TEXT_QUEUE);
         text_tx.try_send(first).expect("fresh channel has room");
-        let frames = self.timed(client.synthesize(ReceiverStream::new(text_rx))).await?.into_inner();
+        let frames =
+            self.within(self.start_timeout, client.synthesize(ReceiverStream::new(text_rx))).await?.into_inner();
         Ok(WorkerStream { text_tx, frames })
     }
 

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use duplex_tts::text::{Segmenter, normalize};
-use duplex_tts::{Engine, EngineError, ModelDescriptor, Step, Synthesis, SynthesisParams};
-use ort::session::Session;
+use duplex_tts::{Engine, EngineError, Interrupt, ModelDescriptor, Step, Synthesis, SynthesisParams};
+use ort::session::{RunOptions, Session};
 use ort::value::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -170,7 +170,9 @@ impl PiperEngine {
             },
         };
         let [noise, length, noise_w] = self.defaults;
+        let run_options = RunOptions::new().map_err(|e| PiperError::Runtime(e.to_string()))?;
         Ok(PiperSynthesis {
+            run_options: Arc::new(run_options),
             voice: self.voice.clone(),
             session: self.session.clone(),
             sid: if self.has_sid { sid } else { None },
@@ -194,6 +196,8 @@ impl Engine for PiperEngine {
 }
 
 struct PiperSynthesis {
+    /// Per utterance, so a cancel can terminate the inference in flight.
+    run_options: Arc<RunOptions>,
     voice: Arc<VoiceConfig>,
     session: Arc<Mutex<Session>>,
     sid: Option<i64>,
@@ -244,7 +248,7 @@ impl PiperSynthesis {
             inputs.push(("sid".into(), Tensor::from_array((vec![1i64], vec![sid])).map_err(err)?.into()));
         }
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
-        let outputs = session.run(inputs).map_err(err)?;
+        let outputs = session.run_with_options(inputs, &self.run_options).map_err(err)?;
         let (_, audio) = outputs[0].try_extract_tensor::<f32>().map_err(err)?;
         Ok(audio.to_vec())
     }
@@ -279,6 +283,15 @@ impl Synthesis for PiperSynthesis {
 
     fn finish_text(&mut self) {
         self.text_done = true;
+    }
+
+    fn interrupter(&self) -> Option<Interrupt> {
+        let options = self.run_options.clone();
+        Some(Arc::new(move || {
+            if let Err(e) = options.terminate() {
+                tracing::debug!(error = %e, "could not interrupt the inference");
+            }
+        }))
     }
 
     fn step(&mut self, _now: Instant) -> Result<Step, EngineError> {

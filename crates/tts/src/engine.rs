@@ -79,11 +79,19 @@ pub trait Engine: Send {
     fn start(&mut self, params: &SynthesisParams) -> Result<Box<dyn Synthesis>, EngineError>;
 }
 
+/// Aborts a synthesis step in progress, from any thread.
+pub type Interrupt = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 /// One utterance in progress. Each `step` should do a bounded amount of work
-/// (about one frame's worth) so cancellation is noticed quickly.
+/// so cancellation is noticed quickly; an engine whose steps are long (a whole
+/// chunk of neural inference) offers an [`Interrupt`] instead.
 pub trait Synthesis: Send {
     fn push_text(&mut self, text: &str);
     /// No more text will be pushed.
     fn finish_text(&mut self);
     fn step(&mut self, now: Instant) -> Result<Step, EngineError>;
+    /// Called by the host when the job is cancelled while a step may be running.
+    fn interrupter(&self) -> Option<Interrupt> {
+        None
+    }
 }

@@ -87,10 +87,12 @@ impl Queue {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Control {
     cancel: CancellationToken,
     paused: AtomicBool,
+    /// Aborts the engine step in progress (set by the lane when the job starts).
+    interrupt: std::sync::Mutex<Option<crate::engine::Interrupt>>,
 }
 
 enum Command {
@@ -233,9 +235,16 @@ impl JobHandle {
         self.lane.thread.unpark();
     }
 
-    /// Stops synthesis within one step; nothing more is sent.
+    /// Stops synthesis: an engine step in progress is interrupted where the
+    /// engine supports it, otherwise the job ends after that step; nothing
+    /// more is sent either way.
     pub fn cancel(&self) {
-        self.control.cancel.cancel();
+        if !self.control.cancel.is_cancelled() {
+            self.control.cancel.cancel();
+            if let Some(interrupt) = self.control.interrupt.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                interrupt();
+            }
+        }
         self.lane.thread.unpark();
     }
 
@@ -374,6 +383,7 @@ impl Running {
                 self.queue.push([JobEvent::End { last, outcome }]);
                 self.ended = true;
             }
+            Err(_) if self.control.cancel.is_cancelled() => self.ended = true, // interrupted by cancel
             Err(e) => {
                 tracing::warn!(job = self.id, error = %e, "synthesis failed");
                 self.framer.clear();
@@ -399,7 +409,10 @@ fn run_lane(mut engine: Box<dyn Engine>, mut cmd_rx: mpsc::Receiver<Command>, ac
         loop {
             match cmd_rx.try_recv() {
                 Ok(Command::Start { id, params, queue, control }) => match engine.start(&params) {
-                    Ok(synthesis) => jobs.push(Running::new(id, synthesis, rate, queue, control)),
+                    Ok(synthesis) => {
+                        *control.interrupt.lock().unwrap_or_else(|p| p.into_inner()) = synthesis.interrupter();
+                        jobs.push(Running::new(id, synthesis, rate, queue, control));
+                    }
                     Err(e) => {
                         queue.push([JobEvent::End { last: None, outcome: Outcome::Failed(e.to_string()) }]);
                         queue.close();

@@ -12,5 +12,5 @@ pub mod host;
 pub mod mock;
 pub mod text;
 
-pub use engine::{Engine, EngineError, ModelDescriptor, Step, Synthesis, SynthesisParams};
+pub use engine::{Engine, EngineError, Interrupt, ModelDescriptor, Step, Synthesis, SynthesisParams};
 pub use host::{EngineHost, HostError, Job, JobEvent, JobHandle, Outcome};
