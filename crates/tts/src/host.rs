@@ -25,6 +25,10 @@ const LANE_COMMAND_QUEUE: usize = 256;
 /// consumer: synthesis stays about a second ahead of a slow or paused
 /// listener, and a STOP discards at most that much work (plus one chunk).
 const SYNTH_AHEAD_FRAMES: usize = 50;
+/// The consumer wakes the lane when a job's waiting frames fall to this (0.8 s).
+const RESUME_FRAMES: usize = 40;
+/// Time a lane spends stepping jobs before it re-reads commands and deadlines.
+const PASS_BUDGET: Duration = Duration::from_millis(2);
 /// Longest park without a known deadline; a safety net, not a poll interval.
 const MAX_PARK: Duration = Duration::from_secs(1);
 
@@ -77,8 +81,10 @@ impl Queue {
         self.events.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    fn pop(&self) -> Option<JobEvent> {
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+    /// The next event and how many remain behind it.
+    fn pop(&self) -> Option<(JobEvent, usize)> {
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        events.pop_front().map(|e| (e, events.len()))
     }
 
     fn close(&self) {
@@ -277,13 +283,17 @@ impl Job {
         loop {
             // Registered before the check: a push in between is not missed.
             let ready = self.queue.ready.notified();
-            if let Some(ev) = self.queue.pop() {
-                // Room was made: the lane may step this job again.
-                self.handle.lane.thread.unpark();
+            if let Some((ev, left)) = self.queue.pop() {
+                // The lane tops the job up once its look-ahead has run down to
+                // RESUME_FRAMES (not on every frame: that would wake it 50
+                // times a second per listener).
+                if left == RESUME_FRAMES || left == 0 {
+                    self.handle.lane.thread.unpark();
+                }
                 return Some(ev);
             }
             if self.queue.closed.load(Ordering::Acquire) {
-                return self.queue.pop();
+                return self.queue.pop().map(|(ev, _)| ev);
             }
             ready.await;
         }
@@ -398,10 +408,10 @@ fn to_i16(samples: &[f32]) -> Vec<i16> {
     samples.iter().map(|s| (s.clamp(-1.0, 1.0) * i16::MAX as f32).round() as i16).collect()
 }
 
-/// A lane's loop: take commands, hand out finished frames, then step the
-/// runnable job with the earliest deadline (earliest-deadline-first: the
-/// listener closest to running out of audio is served next, and a new
-/// utterance's first chunk goes before anyone's look-ahead).
+/// A lane's loop: take commands, drop finished and cancelled jobs, then step
+/// runnable jobs earliest deadline first (the listener closest to running out
+/// of audio is served next, and a new utterance's first chunk goes before
+/// anyone's look-ahead).
 fn run_lane(mut engine: Box<dyn Engine>, mut cmd_rx: mpsc::Receiver<Command>, active: Arc<AtomicUsize>) {
     let rate = engine.descriptor().sample_rate_hz;
     let mut jobs: Vec<Running> = Vec::new();
@@ -445,9 +455,26 @@ fn run_lane(mut engine: Box<dyn Engine>, mut cmd_rx: mpsc::Receiver<Command>, ac
             keep
         });
 
+        // Step runnable jobs in deadline order until the pass's budget is
+        // spent: cheap steps (the mock) all run in one pass, an expensive one
+        // (a neural chunk) ends the pass, so deadlines and commands are looked
+        // at again before the next.
         let now = Instant::now();
-        if let Some(job) = jobs.iter_mut().filter(|j| j.runnable(now)).min_by_key(|j| j.deadline()) {
-            job.step(now);
+        let mut order: Vec<usize> = (0..jobs.len()).filter(|&i| jobs[i].runnable(now)).collect();
+        if !order.is_empty() {
+            order.sort_by_key(|&i| jobs[i].deadline());
+            'pass: for i in order {
+                // Top each job up to its look-ahead while the budget lasts.
+                loop {
+                    jobs[i].step(Instant::now());
+                    if now.elapsed() > PASS_BUDGET {
+                        break 'pass;
+                    }
+                    if !jobs[i].runnable(Instant::now()) {
+                        break;
+                    }
+                }
+            }
             continue;
         }
         // A command, a consumed frame, pause/cancel or a deadline unparks us.
