@@ -111,6 +111,14 @@ struct Lane {
     cmd_tx: mpsc::Sender<Command>,
     thread: Thread,
     active: Arc<AtomicUsize>,
+    stats: Arc<Stats>,
+}
+
+/// Compute spent and audio made, for the measured real-time factor.
+#[derive(Debug, Default)]
+struct Stats {
+    busy_us: std::sync::atomic::AtomicU64,
+    audio_us: std::sync::atomic::AtomicU64,
 }
 
 impl Lane {
@@ -154,6 +162,8 @@ impl EngineHost {
             let (cmd_tx, cmd_rx) = mpsc::channel(LANE_COMMAND_QUEUE);
             let active = Arc::new(AtomicUsize::new(0));
             let lane_active = active.clone();
+            let stats = Arc::new(Stats::default());
+            let lane_stats = stats.clone();
             let build = build.clone();
             let handle = thread::Builder::new()
                 .name(format!("tts-{model_id}-{index}"))
@@ -162,7 +172,7 @@ impl EngineHost {
                     match engine {
                         Ok(engine) => {
                             let _ = ready_tx.send(Ok(engine.descriptor().clone()));
-                            run_lane(engine, cmd_rx, lane_active);
+                            run_lane(engine, cmd_rx, lane_active, lane_stats);
                         }
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
@@ -172,7 +182,7 @@ impl EngineHost {
                 .map_err(|e| EngineError::Failed(format!("cannot spawn engine thread: {e}")))?;
             let d = ready_rx.recv().map_err(|_| HostError::LaneGone(model_id.to_string()))??;
             descriptor = Some(d);
-            lanes.push(Arc::new(Lane { cmd_tx, thread: handle.thread().clone(), active }));
+            lanes.push(Arc::new(Lane { cmd_tx, thread: handle.thread().clone(), active, stats }));
         }
         let descriptor = descriptor.ok_or_else(|| EngineError::Failed("no engine threads configured".into()))?;
         Ok(Self { descriptor, lanes, next_id: 0.into() })
@@ -180,6 +190,14 @@ impl EngineHost {
 
     pub fn descriptor(&self) -> &ModelDescriptor {
         &self.descriptor
+    }
+
+    /// Measured compute time per second of audio made (0 until something was made).
+    pub fn rtf(&self) -> f64 {
+        let (busy, audio) = self.lanes.iter().fold((0u64, 0u64), |(b, a), l| {
+            (b + l.stats.busy_us.load(Ordering::Relaxed), a + l.stats.audio_us.load(Ordering::Relaxed))
+        });
+        if audio == 0 { 0.0 } else { busy as f64 / audio as f64 }
     }
 
     /// Jobs currently running on all lanes.
@@ -374,11 +392,13 @@ impl Running {
         self.queue.push(frames.into_iter().map(JobEvent::Frame));
     }
 
-    /// One step of the engine.
-    fn step(&mut self, now: Instant) {
+    /// One step of the engine; returns the samples it made (at the engine rate).
+    fn step(&mut self, now: Instant) -> usize {
         self.not_before = None;
+        let mut made = 0;
         match self.synthesis.step(now) {
             Ok(Step::Audio(samples)) => {
+                made = samples.len();
                 self.produced_audio |= !samples.is_empty();
                 let wire = self.resampler.push(&samples);
                 self.push_frames(&wire, now);
@@ -401,6 +421,7 @@ impl Running {
                 self.ended = true;
             }
         }
+        made
     }
 }
 
@@ -412,7 +433,12 @@ fn to_i16(samples: &[f32]) -> Vec<i16> {
 /// runnable jobs earliest deadline first (the listener closest to running out
 /// of audio is served next, and a new utterance's first chunk goes before
 /// anyone's look-ahead).
-fn run_lane(mut engine: Box<dyn Engine>, mut cmd_rx: mpsc::Receiver<Command>, active: Arc<AtomicUsize>) {
+fn run_lane(
+    mut engine: Box<dyn Engine>,
+    mut cmd_rx: mpsc::Receiver<Command>,
+    active: Arc<AtomicUsize>,
+    stats: Arc<Stats>,
+) {
     let rate = engine.descriptor().sample_rate_hz;
     let mut jobs: Vec<Running> = Vec::new();
     loop {
@@ -466,7 +492,13 @@ fn run_lane(mut engine: Box<dyn Engine>, mut cmd_rx: mpsc::Receiver<Command>, ac
             'pass: for i in order {
                 // Top each job up to its look-ahead while the budget lasts.
                 loop {
-                    jobs[i].step(Instant::now());
+                    let started = Instant::now();
+                    let made = jobs[i].step(started);
+                    if made > 0 {
+                        let audio_us = made as u64 * 1_000_000 / rate.max(1) as u64;
+                        stats.busy_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                        stats.audio_us.fetch_add(audio_us, Ordering::Relaxed);
+                    }
                     if now.elapsed() > PASS_BUDGET {
                         break 'pass;
                     }

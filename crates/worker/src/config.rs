@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::engines::EngineConfig;
 use crate::models::ModelCache;
+use duplex_discovery::RegistryConfig;
 use duplex_telemetry::LogConfig;
 use duplex_tts::mock::MockConfig;
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,8 @@ pub struct Config {
     pub preload: Vec<String>,
     /// Every model this worker can serve.
     pub models: Vec<EngineConfig>,
+    /// Registration in the Redis worker registry (off when `redis_url` is empty).
+    pub registry: RegistryConfig,
     /// Residency: how many models stay loaded, and for how long when idle.
     pub model_cache: ModelCache,
     pub limits: Limits,
@@ -60,6 +63,7 @@ impl Default for Config {
             default_model: "mock".into(),
             preload: vec!["mock".into()],
             models: vec![EngineConfig::Mock(MockConfig::default())],
+            registry: RegistryConfig::default(),
             model_cache: ModelCache::default(),
             limits: Limits::default(),
             shutdown_grace_ms: 5_000,
@@ -96,6 +100,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DEFAULT_MODEL", "default_model"),
     ("MAX_CONCURRENT_SESSIONS", "limits.max_sessions"),
     ("ORT_DYLIB_PATH", "onnxruntime_library"),
+    ("REDIS_URL", "registry.redis_url"),
+    ("WORKER_ADVERTISE_ADDR", "registry.advertise_addr"),
     ("LOG_LEVEL", "log.level"),
     ("LOG_FORMAT", "log.format"),
 ];
@@ -133,11 +139,24 @@ impl Config {
         if let Some(v) = env("ORT_DYLIB_PATH") {
             self.onnxruntime_library = PathBuf::from(v);
         }
+        if let Some(v) = env("REDIS_URL") {
+            self.registry.redis_url = v;
+        }
+        if let Some(v) = env("WORKER_ADVERTISE_ADDR") {
+            self.registry.advertise_addr = v;
+        }
         duplex_config::apply_log_env(&mut self.log, &env)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let known = |id: &str| self.models.iter().any(|m| m.model_id() == id);
+        let r = &self.registry;
+        if r.enabled() && (r.heartbeat_ms == 0 || r.heartbeat_ms >= r.ttl_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "registry: heartbeat_ms ({}) must be > 0 and below ttl_ms ({})",
+                r.heartbeat_ms, r.ttl_ms
+            )));
+        }
         if self.model_cache.max_resident == 0 || self.model_cache.eviction_interval_ms == 0 {
             return Err(ConfigError::Invalid("model_cache: max_resident and eviction_interval_ms must be > 0".into()));
         }

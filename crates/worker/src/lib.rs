@@ -4,6 +4,7 @@
 //! - [`config`]: `configs/worker.yaml` and its environment overrides.
 //! - [`engines`]: the engine families (tagged config) and how each is built.
 //! - [`models`]: configured vs loaded models, load/unload/reload.
+//! - [`registry`]: the record this worker publishes in Redis.
 //! - [`session`]: per-session pause / stop / close.
 //! - [`synth`]: one Synthesize stream (reader and writer tasks).
 //! - [`service`]: the RPC handlers and their status codes.
@@ -12,6 +13,7 @@
 pub mod config;
 pub mod engines;
 pub mod models;
+pub mod registry;
 pub mod server;
 pub mod service;
 pub mod session;

@@ -117,6 +117,12 @@ impl Models {
             .collect()
     }
 
+    /// Measured real-time factor over the resident models (0 until measured).
+    pub fn rtf(&self) -> f64 {
+        let resident = self.resident.lock().expect("models lock");
+        resident.values().map(|r| r.host.rtf()).fold(0.0, f64::max)
+    }
+
     pub fn active_jobs(&self) -> usize {
         self.resident.lock().expect("models lock").values().map(|r| r.host.active_jobs()).sum()
     }

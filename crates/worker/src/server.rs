@@ -108,10 +108,21 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: Cancellation
             _ = shutdown.cancelled() => break,
         }
     }
+    let mut registrar = None;
     if !shutdown.is_cancelled() {
         reporter.set_serving::<TtsServiceServer<Service>>().await;
         reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
         tracing::info!(addr = ?addr, models = ?state.models.resident().keys().collect::<Vec<_>>(), "worker SERVING");
+        // Registered only once warm, so routing never picks a cold worker.
+        if let (true, Some(bound)) = (state.config.registry.enabled(), addr) {
+            let advertised = crate::registry::advertise_addr(&state, bound);
+            let snapshot_state = state.clone();
+            let snapshot = move || crate::registry::record(&snapshot_state, &advertised);
+            match duplex_discovery::spawn(&state.config.registry, &state.config.name, snapshot) {
+                Ok(handle) => registrar = Some(handle),
+                Err(e) => tracing::error!(error = %e, "not registering in Redis"),
+            }
+        }
     }
 
     let idle = Duration::from_millis(state.config.limits.session_idle_timeout_ms);
@@ -128,6 +139,10 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: Cancellation
                 state.models.evict_expired();
             }
         }
+    }
+    // Leave the registry first, so no new session is routed here while draining.
+    if let Some(r) = registrar {
+        r.deregister().await;
     }
     state.accepting.store(false, Ordering::Relaxed);
     reporter.set_not_serving::<TtsServiceServer<Service>>().await;
