@@ -104,6 +104,7 @@ async fn worker_first_audio(
             s.tx.send(chunk(&s.id, text)).await?;
         }
     }
+    client.end_session(duplex_proto::tts::EndSessionRequest { session_id: s.id.clone() }).await?;
     Ok(Summary::of(&mut ms))
 }
 
@@ -146,6 +147,8 @@ async fn concurrent(grpc: &str, n: usize, round: usize) -> anyhow::Result<(usize
             let sent = Instant::now();
             let mut s = open_session(&mut client, &format!("c{round}-{i}"), PARAGRAPH).await?;
             let (times, audio) = read_utterance(&mut s).await?;
+            drop(s.tx);
+            client.end_session(duplex_proto::tts::EndSessionRequest { session_id: s.id.clone() }).await?;
             let start = times[0] + PLAYBACK_BUFFER;
             let late = times.iter().enumerate().find(|(k, t)| **t > start + duplex_audio::FRAME_DURATION * *k as u32);
             if let Some((k, t)) = late

@@ -16,6 +16,11 @@ use crate::{PiperError, espeak, runtime};
 
 /// Fade at both ends of every chunk, so joins never click.
 const FADE_MS: u32 = 5;
+/// Under time pressure a chunk is cut at a word boundary to what can be
+/// synthesized within this share of the listener's slack...
+const SLACK_SHARE: f64 = 0.6;
+/// ...but never below this many characters (tiny pieces sound choppy).
+const MIN_PRESSED_CHARS: usize = 24;
 /// Clause punctuation kept in the phoneme string (the voices know these).
 const CLAUSE_MARKS: [char; 6] = [',', '.', ';', ':', '!', '?'];
 
@@ -64,6 +69,9 @@ impl PiperConfig {
 
 /// A loaded voice: one ONNX session, used by the syntheses of its lane.
 pub struct PiperEngine {
+    /// Measured inference cost per character of text, in µs (shared by the
+    /// lane's syntheses), for cutting chunks under time pressure.
+    cost_per_char_us: Arc<std::sync::atomic::AtomicU64>,
     descriptor: ModelDescriptor,
     voice: Arc<VoiceConfig>,
     session: Arc<Mutex<Session>>,
@@ -128,6 +136,7 @@ impl PiperEngine {
         };
         let silence = (voice.audio.sample_rate as u64 * config.sentence_silence_ms as u64 / 1000) as usize;
         Ok(Self {
+            cost_per_char_us: Arc::default(),
             descriptor,
             voice: Arc::new(voice),
             session: Arc::new(Mutex::new(session)),
@@ -172,6 +181,8 @@ impl PiperEngine {
         let [noise, length, noise_w] = self.defaults;
         let run_options = RunOptions::new().map_err(|e| PiperError::Runtime(e.to_string()))?;
         Ok(PiperSynthesis {
+            cost_per_char_us: self.cost_per_char_us.clone(),
+            pending: None,
             run_options: Arc::new(run_options),
             voice: self.voice.clone(),
             session: self.session.clone(),
@@ -196,6 +207,9 @@ impl Engine for PiperEngine {
 }
 
 struct PiperSynthesis {
+    cost_per_char_us: Arc<std::sync::atomic::AtomicU64>,
+    /// The rest of a chunk cut short under time pressure.
+    pending: Option<duplex_tts::text::Chunk>,
     /// Per utterance, so a cancel can terminate the inference in flight.
     run_options: Arc<RunOptions>,
     voice: Arc<VoiceConfig>,
@@ -294,11 +308,39 @@ impl Synthesis for PiperSynthesis {
         }))
     }
 
-    fn step(&mut self, _now: Instant) -> Result<Step, EngineError> {
-        let Some(chunk) = self.segmenter.next_chunk(self.text_done) else {
+    fn step(&mut self, now: Instant) -> Result<Step, EngineError> {
+        self.step_within(now, std::time::Duration::MAX)
+    }
+
+    fn step_within(&mut self, _now: Instant, slack: std::time::Duration) -> Result<Step, EngineError> {
+        let next = self.pending.take().or_else(|| self.segmenter.next_chunk(self.text_done));
+        let Some(mut chunk) = next else {
             return Ok(if self.text_done { Step::Done } else { Step::NeedText });
         };
+        // Under time pressure, say less now and the rest next step.
+        let cost = self.cost_per_char_us.load(std::sync::atomic::Ordering::Relaxed);
+        if cost > 0 && slack != std::time::Duration::MAX {
+            let mut affordable =
+                ((slack.as_secs_f64() * 1e6 * SLACK_SHARE / cost as f64) as usize).max(MIN_PRESSED_CHARS);
+            while affordable < chunk.text.len() && !chunk.text.is_char_boundary(affordable) {
+                affordable -= 1;
+            }
+            if chunk.text.len() > affordable
+                && let Some(cut) = chunk.text[..affordable].rfind(' ')
+                && cut > 0
+            {
+                let rest = chunk.text[cut + 1..].to_string();
+                self.pending = Some(duplex_tts::text::Chunk { text: rest, ends_sentence: chunk.ends_sentence });
+                chunk = duplex_tts::text::Chunk { text: chunk.text[..cut].to_string(), ends_sentence: false };
+            }
+        }
+        let started = Instant::now();
         let speech = self.synthesize(&chunk.text)?;
+        let per_char = started.elapsed().as_micros() as u64 / chunk.text.len().max(1) as u64;
+        // Moving average, so the estimate follows load.
+        let old = self.cost_per_char_us.load(std::sync::atomic::Ordering::Relaxed);
+        let new = if old == 0 { per_char } else { (old * 3 + per_char) / 4 };
+        self.cost_per_char_us.store(new, std::sync::atomic::Ordering::Relaxed);
         let mut audio = vec![0.0; std::mem::take(&mut self.gap_before_next)];
         audio.extend(speech);
         if chunk.ends_sentence {

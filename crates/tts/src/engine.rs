@@ -90,6 +90,13 @@ pub trait Synthesis: Send {
     /// No more text will be pushed.
     fn finish_text(&mut self);
     fn step(&mut self, now: Instant) -> Result<Step, EngineError>;
+    /// Like `step`, knowing the listener runs out of audio in `slack`: an
+    /// engine with long steps may do a smaller piece of work so audio comes in
+    /// time. The default ignores the hint.
+    fn step_within(&mut self, now: Instant, slack: std::time::Duration) -> Result<Step, EngineError> {
+        let _ = slack;
+        self.step(now)
+    }
     /// Called by the host when the job is cancelled while a step may be running.
     fn interrupter(&self) -> Option<Interrupt> {
         None

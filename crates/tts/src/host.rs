@@ -396,7 +396,13 @@ impl Running {
     fn step(&mut self, now: Instant) -> usize {
         self.not_before = None;
         let mut made = 0;
-        match self.synthesis.step(now) {
+        // Time left before the listener runs out; no pressure on a first chunk
+        // (the segmenter already keeps it short).
+        let slack = match self.first_frame_at {
+            Some(_) => self.deadline().saturating_duration_since(now),
+            None => Duration::MAX,
+        };
+        match self.synthesis.step_within(now, slack) {
             Ok(Step::Audio(samples)) => {
                 made = samples.len();
                 self.produced_audio |= !samples.is_empty();
