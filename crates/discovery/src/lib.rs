@@ -5,9 +5,15 @@
 //! - [`registrar`]: the worker side — register after warm-up, refresh on a
 //!   heartbeat with a TTL, keep serving through Redis outages, deregister on
 //!   shutdown.
+//! - [`watch`]: the orchestrator side — a periodic SCAN into a local view.
+//! - [`select`]: choosing a worker for a session from that view.
 
 pub mod record;
 pub mod registrar;
+pub mod select;
+pub mod watch;
 
 pub use record::{Load, ModelEntry, WorkerRecord, worker_key};
 pub use registrar::{RegistrarHandle, RegistryConfig, spawn};
+pub use select::{NoWorker, Want, select};
+pub use watch::{View, watch};

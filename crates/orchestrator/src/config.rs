@@ -44,7 +44,11 @@ pub struct Listen {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Routing {
-    /// The worker every session uses (`grpc://host:port`).
+    /// Redis of the worker registry; set = pick workers from it, empty = the static address.
+    pub redis_url: String,
+    /// How often the registry is scanned into the local view.
+    pub resync_ms: u64,
+    /// The worker every session uses without a registry (`grpc://host:port`).
     pub static_worker_addr: String,
     /// Model requested for sessions; empty = the worker's default.
     pub default_model: String,
@@ -111,6 +115,8 @@ impl Default for Listen {
 impl Default for Routing {
     fn default() -> Self {
         Self {
+            redis_url: String::new(),
+            resync_ms: 1_000,
             static_worker_addr: "grpc://127.0.0.1:7001".into(),
             default_model: String::new(),
             connect_timeout_ms: 2_000,
@@ -140,6 +146,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("ORCHESTRATOR_WS_PORT", "transport.websocket.port"),
     ("ORCHESTRATOR_HEALTH_PORT", "health.port"),
     ("TTS_WORKER_ADDR", "routing.static_worker_addr"),
+    ("REDIS_URL", "routing.redis_url"),
     ("DEFAULT_MODEL", "routing.default_model"),
     ("MAX_CONCURRENT_SESSIONS", "session.max_sessions"),
     ("SESSION_IDLE_TIMEOUT_S", "session.idle_timeout_ms (in seconds)"),
@@ -173,6 +180,9 @@ impl Config {
         if let Some(v) = env("TTS_WORKER_ADDR") {
             self.routing.static_worker_addr = v;
         }
+        if let Some(v) = env("REDIS_URL") {
+            self.routing.redis_url = v;
+        }
         if let Some(v) = env("DEFAULT_MODEL") {
             self.routing.default_model = v;
         }
@@ -190,6 +200,9 @@ impl Config {
         let s = &self.session;
         if s.max_sessions == 0 || s.idle_timeout_ms == 0 || s.max_duration_ms == 0 || s.max_text_chars == 0 {
             return Err(ConfigError::Invalid("session: every limit must be > 0".into()));
+        }
+        if !self.routing.redis_url.is_empty() && self.routing.resync_ms == 0 {
+            return Err(ConfigError::Invalid("routing.resync_ms must be > 0".into()));
         }
         if self.playout.queue_frames == 0 {
             return Err(ConfigError::Invalid("playout.queue_frames must be > 0".into()));

@@ -34,7 +34,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct AppState {
     pub config: Config,
-    pub pool: WorkerPool,
+    pub pool: Arc<WorkerPool>,
     pub metrics: Metrics,
     /// One permit per session; none left = BUSY.
     pub session_slots: Arc<Semaphore>,
@@ -138,7 +138,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let state = Arc::new(AppState {
-        pool: WorkerPool::new(&config.routing)?,
+        pool: Arc::new(WorkerPool::new(&config.routing)?),
         session_slots: Arc::new(Semaphore::new(config.session.max_sessions)),
         config,
         metrics: Metrics::new(),
@@ -150,7 +150,7 @@ pub async fn serve(
     tracing::info!(
         addr = ?main.local_addr().ok(),
         probes = ?probe.as_ref().and_then(|l| l.local_addr().ok()),
-        worker = state.pool.addr(),
+        workers = %state.pool.describe(),
         "orchestrator listening"
     );
     // Audio frames are small writes 20 ms apart: without TCP_NODELAY, Nagle

@@ -27,7 +27,7 @@ use crate::protocol::{
     encode_binary_audio,
 };
 use crate::server::AppState;
-use crate::worker::{WorkerError, WorkerStream};
+use crate::worker::{WorkerError, WorkerRef, WorkerStream};
 
 /// Messages queued toward the client socket. Playout releases ~50 a second,
 /// so a full queue means the client stopped reading: the session is closed
@@ -64,7 +64,7 @@ struct Session {
     id: String,
     state: Arc<AppState>,
     out_tx: mpsc::Sender<Message>,
-    control_tx: mpsc::Sender<(ControlCommand, u64)>,
+    control_tx: mpsc::Sender<(ControlCommand, u64, WorkerRef)>,
     audio_format: AudioFormat,
     link: Link,
     /// Last utterance id assigned; ids start at 1.
@@ -133,11 +133,12 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, audio_format: AudioFor
         tracing::info!(?audio_format, "session started");
         let reason = session.run(&mut ws_rx).await;
         tracing::info!(reason, frames = session.sequence, "session ended");
-        if !matches!(std::mem::replace(&mut session.link, Link::Down), Link::Down) {
+        if let Link::Up(stream) = std::mem::replace(&mut session.link, Link::Down) {
             // Frees the worker's session now instead of letting it finish the text.
-            let (pool, id) = (state.pool.clone(), id.clone());
+            let (pool, id, worker) = (state.pool.clone(), id.clone(), stream.worker.clone());
+            drop(stream);
             state.tasks.spawn(async move {
-                if let Err(e) = pool.end_session(&id).await {
+                if let Err(e) = pool.end_session(&worker, &id).await {
                     tracing::debug!(error = %e, "EndSession failed");
                 }
             });
@@ -164,9 +165,13 @@ async fn write_socket(
     let _ = ws_tx.close().await;
 }
 
-async fn send_controls(state: Arc<AppState>, session_id: String, mut rx: mpsc::Receiver<(ControlCommand, u64)>) {
-    while let Some((command, utterance_id)) = rx.recv().await {
-        if let Err(e) = state.pool.control(&session_id, command, utterance_id).await {
+async fn send_controls(
+    state: Arc<AppState>,
+    session_id: String,
+    mut rx: mpsc::Receiver<(ControlCommand, u64, WorkerRef)>,
+) {
+    while let Some((command, utterance_id, worker)) = rx.recv().await {
+        if let Err(e) = state.pool.control(&worker, &session_id, command, utterance_id).await {
             tracing::debug!(?command, error = %e, "worker control failed");
         }
     }
@@ -443,7 +448,10 @@ impl Session {
             .control
             .with_label_values(&[command_label(command)])
             .observe(received.elapsed().as_secs_f64());
-        if !matches!(self.link, Link::Down) && self.control_tx.try_send((worker_command, self.last_utterance)).is_err()
+        // While the stream is still opening there is no worker session to
+        // control yet; what it sends for stopped utterances is dropped here.
+        if let Link::Up(stream) = &self.link
+            && self.control_tx.try_send((worker_command, self.last_utterance, stream.worker.clone())).is_err()
         {
             tracing::warn!("control queue full; the worker may keep synthesizing");
         }
@@ -453,18 +461,13 @@ impl Session {
     fn on_worker(&mut self, frame: Result<Option<AudioFrame>, tonic::Status>) -> Flow {
         let frame = match frame {
             Ok(Some(f)) => f,
-            Ok(None) => {
+            Ok(None) if self.active.is_empty() => {
+                // Closed between turns (the worker drains): reopen on the next text.
                 self.link = Link::Down;
-                return if self.active.is_empty() {
-                    Flow::Continue
-                } else {
-                    self.worker_failed("worker ended the stream")
-                };
+                return Flow::Continue;
             }
-            Err(status) => {
-                self.link = Link::Down;
-                return self.worker_failed(&format!("{:?}: {}", status.code(), status.message()));
-            }
+            Ok(None) => return self.worker_failed("worker ended the stream"),
+            Err(status) => return self.worker_failed(&format!("{:?}: {}", status.code(), status.message())),
         };
         self.last_worker_frame = Instant::now();
         let id = frame.utterance_id;
@@ -557,8 +560,14 @@ impl Session {
 
     /// The worker stream broke: drop it (the next text reconnects) and fail what was in flight.
     fn worker_failed(&mut self, why: &str) -> Flow {
-        self.link = Link::Down;
-        let addr = self.state.pool.addr().to_string();
+        let addr = match std::mem::replace(&mut self.link, Link::Down) {
+            Link::Up(stream) => {
+                // Skipped by routing until it heartbeats again.
+                self.state.pool.mark_down(&stream.worker);
+                stream.worker.addr.clone()
+            }
+            _ => self.state.pool.describe(),
+        };
         tracing::warn!(worker = %addr, why, "worker stream failed");
         self.fail_active(ErrorCode::WorkerUnavailable, &format!("TTS worker {addr} unavailable: {why}"))
     }

@@ -1,15 +1,20 @@
-//! The orchestrator's side of the worker contract: one shared HTTP/2
-//! connection to the worker (reused by every session and turn) and, per
-//! session, one Synthesize stream kept open across turns.
+//! The orchestrator's side of the worker contract. Workers come from a static
+//! address or from the Redis registry (a local view refreshed by SCAN); each
+//! worker has one shared HTTP/2 connection reused by every session and turn,
+//! and each session keeps one Synthesize stream open across turns.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use duplex_discovery::{View, Want, WorkerRecord};
 use duplex_proto::TtsServiceClient;
 use duplex_proto::tts::{
     AudioFrame, ControlCommand, ControlRequest, EndSessionRequest, StartSessionRequest, TextChunk,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 
@@ -35,121 +40,271 @@ pub enum WorkerError {
     Refused(String),
     #[error("TTS worker is busy: {0}")]
     Busy(String),
+    #[error("no TTS worker can serve this session: {0}")]
+    NoWorker(#[from] duplex_discovery::NoWorker),
 }
 
-/// Dials the configured worker; cheap to clone (one shared connection).
+/// One worker a session talks to.
 #[derive(Debug, Clone)]
-pub struct WorkerPool {
-    addr: String,
+pub struct WorkerRef {
+    pub name: String,
+    pub addr: String,
     channel: Channel,
+}
+
+enum Source {
+    Static(WorkerRef),
+    Registry {
+        view: View,
+        channels: Mutex<HashMap<String, Channel>>,
+        /// Workers that failed, with the time they did (unix seconds): skipped
+        /// until they heartbeat again after it.
+        down: Mutex<HashMap<String, f64>>,
+        /// This process's open streams per worker (fresher than heartbeats).
+        ours: Arc<Mutex<HashMap<String, u32>>>,
+        _stop: tokio_util::sync::DropGuard,
+    },
+}
+
+/// Dials workers; cheap to share (`Arc`).
+pub struct WorkerPool {
+    source: Source,
     timeout: Duration,
     start_timeout: Duration,
     default_model: String,
 }
 
+impl std::fmt::Debug for WorkerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerPool").field("routing", &self.describe()).finish()
+    }
+}
+
+fn endpoint(uri: String, timeout: Duration) -> Result<Channel, ConfigError> {
+    Ok(Endpoint::from_shared(uri)
+        .map_err(|e| ConfigError::Invalid(format!("worker address: {e}")))?
+        .connect_timeout(timeout)
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
 impl WorkerPool {
+    /// Must be called inside the runtime (the registry watcher is a task).
     pub fn new(routing: &Routing) -> Result<Self, ConfigError> {
-        let uri = worker_uri(&routing.static_worker_addr)?;
         let timeout = Duration::from_millis(routing.connect_timeout_ms);
-        let channel = Endpoint::from_shared(uri.clone())
-            .map_err(|e| ConfigError::Invalid(format!("routing.static_worker_addr: {e}")))?
-            .connect_timeout(timeout)
-            .tcp_nodelay(true)
-            .initial_stream_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+        let source = if routing.redis_url.is_empty() {
+            let uri = worker_uri(&routing.static_worker_addr)?;
+            let addr = routing.static_worker_addr.clone();
+            Source::Static(WorkerRef { name: addr.clone(), addr, channel: endpoint(uri, timeout)? })
+        } else {
+            let stop = CancellationToken::new();
+            let view =
+                duplex_discovery::watch(&routing.redis_url, Duration::from_millis(routing.resync_ms), stop.clone())
+                    .map_err(|e| ConfigError::Invalid(format!("routing.redis_url {:?}: {e}", routing.redis_url)))?;
+            Source::Registry {
+                view,
+                channels: Mutex::default(),
+                down: Mutex::default(),
+                ours: Arc::default(),
+                _stop: stop.drop_guard(),
+            }
+        };
         Ok(Self {
-            addr: routing.static_worker_addr.clone(),
-            channel,
+            source,
             timeout,
             start_timeout: Duration::from_millis(routing.session_start_timeout_ms),
             default_model: routing.default_model.clone(),
         })
     }
 
-    pub fn addr(&self) -> &str {
-        &self.addr
+    /// For logs: the static address or "redis registry".
+    pub fn describe(&self) -> String {
+        match &self.source {
+            Source::Static(w) => w.addr.clone(),
+            Source::Registry { .. } => "workers from the Redis registry".into(),
+        }
     }
 
-    fn client(&self) -> TtsServiceClient<Channel> {
-        TtsServiceClient::new(self.channel.clone())
-    }
-
-    fn map_status(&self, s: Status) -> WorkerError {
+    fn map_status(&self, addr: &str, s: Status) -> WorkerError {
         match s.code() {
             Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
-                WorkerError::Unreachable { addr: self.addr.clone(), message: s.message().to_string() }
+                WorkerError::Unreachable { addr: addr.to_string(), message: s.message().to_string() }
             }
             Code::ResourceExhausted => WorkerError::Busy(s.message().to_string()),
             _ => WorkerError::Refused(format!("{:?}: {}", s.code(), s.message())),
         }
     }
 
-    async fn timed<T>(&self, fut: impl Future<Output = Result<T, Status>>) -> Result<T, WorkerError> {
-        self.within(self.timeout, fut).await
-    }
-
-    async fn within<T>(&self, limit: Duration, fut: impl Future<Output = Result<T, Status>>) -> Result<T, WorkerError> {
+    async fn within<T>(
+        &self,
+        addr: &str,
+        limit: Duration,
+        fut: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, WorkerError> {
         match tokio::time::timeout(limit, fut).await {
-            Ok(r) => r.map_err(|s| self.map_status(s)),
-            Err(_) => Err(WorkerError::Timeout { addr: self.addr.clone(), timeout_ms: limit.as_millis() as u64 }),
+            Ok(r) => r.map_err(|s| self.map_status(addr, s)),
+            Err(_) => Err(WorkerError::Timeout { addr: addr.to_string(), timeout_ms: limit.as_millis() as u64 }),
         }
     }
 
-    /// Is the worker SERVING (gRPC health)? For `/ready`.
+    /// Ready to take sessions? Static: the worker answers gRPC health SERVING.
+    /// Registry: at least one live worker is registered.
     pub async fn is_serving(&self) -> Result<(), WorkerError> {
-        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
-        let req = tonic_health::pb::HealthCheckRequest { service: "tts.TTSService".into() };
-        let resp = self.timed(health.check(req)).await?.into_inner();
-        if resp.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
-            Ok(())
-        } else {
-            Err(WorkerError::Unreachable {
-                addr: self.addr.clone(),
-                message: "not SERVING (warming up or draining)".into(),
-            })
+        match &self.source {
+            Source::Static(w) => {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(w.channel.clone());
+                let req = tonic_health::pb::HealthCheckRequest { service: "tts.TTSService".into() };
+                let resp = self.within(&w.addr, self.timeout, health.check(req)).await?.into_inner();
+                if resp.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+                    Ok(())
+                } else {
+                    Err(WorkerError::Unreachable {
+                        addr: w.addr.clone(),
+                        message: "not SERVING (warming up or draining)".into(),
+                    })
+                }
+            }
+            Source::Registry { view, .. } => {
+                if view.workers().is_empty() {
+                    Err(duplex_discovery::NoWorker::NoneRegistered.into())
+                } else {
+                    Ok(())
+                }
+            }
         }
     }
 
-    /// Starts the session on the worker and opens its Synthesize stream with `first` as the first chunk.
+    /// The worker a new stream should go to.
+    fn choose(&self) -> Result<WorkerRef, WorkerError> {
+        match &self.source {
+            Source::Static(w) => Ok(w.clone()),
+            Source::Registry { view, channels, down, ours, .. } => {
+                let workers = view.workers();
+                let model = (!self.default_model.is_empty()).then_some(self.default_model.as_str());
+                let ours_now = ours.lock().expect("pool lock").clone();
+                let down_now = down.lock().expect("pool lock").clone();
+                let is_down = |w: &WorkerRecord| down_now.get(&w.name).is_some_and(|at| w.last_heartbeat_ts <= *at);
+                let w: &WorkerRecord =
+                    duplex_discovery::select(&workers, &Want { model, language: None }, &ours_now, &is_down)?;
+                let mut channels = channels.lock().expect("pool lock");
+                let channel = match channels.get(&w.addr) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let uri = worker_uri(&w.addr).map_err(|e| WorkerError::Refused(e.to_string()))?;
+                        let c = endpoint(uri, self.timeout).map_err(|e| WorkerError::Refused(e.to_string()))?;
+                        channels.insert(w.addr.clone(), c.clone());
+                        c
+                    }
+                };
+                Ok(WorkerRef { name: w.name.clone(), addr: w.addr.clone(), channel })
+            }
+        }
+    }
+
+    /// Skips `worker` in selection until it heartbeats again.
+    pub fn mark_down(&self, worker: &WorkerRef) {
+        if let Source::Registry { down, .. } = &self.source {
+            tracing::warn!(worker = %worker.name, addr = %worker.addr, "worker marked down");
+            down.lock().expect("pool lock").insert(worker.name.clone(), unix_now());
+        }
+    }
+
+    /// Chooses a worker, starts the session there and opens its Synthesize
+    /// stream with `first` as the first chunk.
     pub async fn open(&self, session_id: &str, first: TextChunk) -> Result<WorkerStream, WorkerError> {
-        let mut client = self.client();
+        let worker = self.choose()?;
+        let result = self.open_on(&worker, session_id, first).await;
+        if matches!(result, Err(WorkerError::Unreachable { .. } | WorkerError::Timeout { .. })) {
+            self.mark_down(&worker);
+        }
+        let (text_tx, frames) = result?;
+        let lease = match &self.source {
+            Source::Registry { ours, .. } => Some(Lease::take(ours.clone(), worker.name.clone())),
+            Source::Static(_) => None,
+        };
+        Ok(WorkerStream { text_tx, frames, worker, _lease: lease })
+    }
+
+    async fn open_on(
+        &self,
+        worker: &WorkerRef,
+        session_id: &str,
+        first: TextChunk,
+    ) -> Result<(mpsc::Sender<TextChunk>, Streaming<AudioFrame>), WorkerError> {
+        let mut client = TtsServiceClient::new(worker.channel.clone());
         let req = StartSessionRequest {
             session_id: session_id.to_string(),
             model_id: self.default_model.clone(),
             sample_rate_hz: duplex_audio::SAMPLE_RATE_HZ as i32,
             ..Default::default()
         };
-        self.within(self.start_timeout, client.start_session(req)).await?;
+        self.within(&worker.addr, self.start_timeout, client.start_session(req)).await?;
         let (text_tx, text_rx) = mpsc::channel(TEXT_QUEUE);
         text_tx.try_send(first).expect("fresh channel has room");
-        let frames =
-            self.within(self.start_timeout, client.synthesize(ReceiverStream::new(text_rx))).await?.into_inner();
-        Ok(WorkerStream { text_tx, frames })
+        let stream = client.synthesize(ReceiverStream::new(text_rx));
+        let frames = self.within(&worker.addr, self.start_timeout, stream).await?.into_inner();
+        Ok((text_tx, frames))
     }
 
     pub async fn control(
         &self,
+        worker: &WorkerRef,
         session_id: &str,
         command: ControlCommand,
         utterance_id: u64,
     ) -> Result<(), WorkerError> {
         let req = ControlRequest { session_id: session_id.to_string(), command: command as i32, utterance_id };
-        self.timed(self.client().control(req)).await.map(|_| ())
+        let mut client = TtsServiceClient::new(worker.channel.clone());
+        self.within(&worker.addr, self.timeout, client.control(req)).await.map(|_| ())
     }
 
-    pub async fn end_session(&self, session_id: &str) -> Result<(), WorkerError> {
+    pub async fn end_session(&self, worker: &WorkerRef, session_id: &str) -> Result<(), WorkerError> {
         let req = EndSessionRequest { session_id: session_id.to_string() };
-        self.timed(self.client().end_session(req)).await.map(|_| ())
+        let mut client = TtsServiceClient::new(worker.channel.clone());
+        self.within(&worker.addr, self.timeout, client.end_session(req)).await.map(|_| ())
+    }
+}
+
+/// Counts a stream against its worker in this process while it lives.
+struct Lease {
+    ours: Arc<Mutex<HashMap<String, u32>>>,
+    name: String,
+}
+
+impl Lease {
+    fn take(ours: Arc<Mutex<HashMap<String, u32>>>, name: String) -> Self {
+        *ours.lock().expect("pool lock").entry(name.clone()).or_insert(0) += 1;
+        Self { ours, name }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(n) = self.ours.lock().expect("pool lock").get_mut(&self.name) {
+            *n = n.saturating_sub(1);
+        }
     }
 }
 
 /// One session's open Synthesize stream.
-#[derive(Debug)]
 pub struct WorkerStream {
     pub text_tx: mpsc::Sender<TextChunk>,
     pub frames: Streaming<AudioFrame>,
+    pub worker: WorkerRef,
+    _lease: Option<Lease>,
+}
+
+impl std::fmt::Debug for WorkerStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerStream").field("worker", &self.worker.name).finish()
+    }
 }
