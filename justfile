@@ -54,6 +54,11 @@ bench-tts *ARGS: deps
     cargo run --quiet --release -p duplex-cli --bin duplex -- assets
     cargo run --quiet --release -p duplex-cli --bin duplex -- bench-tts {{ARGS}}
 
+# Benchmark routing: selection from the view, registry scans, dead-worker detection (needs Redis; REDIS_URL).
+bench-routing: deps
+    cargo build --release -p duplex-cli -p duplex-worker -p duplex-orchestrator
+    cargo run --quiet --release -p duplex-cli --bin duplex -- bench-routing
+
 # Speak text through a running demo and save it (`just talk "Hello" out.wav`).
 talk TEXT OUT="reply.wav":
     cargo run --quiet -p duplex-cli --bin duplex -- talk "{{TEXT}}" --out "{{OUT}}"

@@ -68,6 +68,12 @@ pub(crate) struct Stack {
     pub grpc_addr: String,
 }
 
+impl Stack {
+    pub fn worker_pid(&self) -> Option<u32> {
+        self._children.first().and_then(Child::id)
+    }
+}
+
 fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.with_file_name(name);

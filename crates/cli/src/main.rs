@@ -58,6 +58,11 @@ enum Cmd {
         #[arg(long, default_value_t = 32)]
         max_sessions: usize,
     },
+    /// Measure routing: selection cost, registry scan, dead-worker detection.
+    BenchRouting {
+        #[arg(long, default_value = "redis://127.0.0.1:6379", env = "REDIS_URL")]
+        redis: String,
+    },
     /// Fetch and verify the ONNX Runtime library and the default Piper voice.
     Assets {
         /// Cache directory.
@@ -128,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::BenchTts { assets, reps, max_sessions } => {
             duplex_cli::bench_tts::run(duplex_cli::bench_tts::TtsBenchArgs { assets, reps, max_sessions }).await
         }
+        Cmd::BenchRouting { redis } => duplex_cli::bench_routing::run(&redis).await,
         Cmd::Assets { dir, voice } => {
             duplex_cli::assets::fetch_all(&dir)?;
             if let Some(name) = voice {
