@@ -240,3 +240,22 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// A real worker process on 127.0.0.1:`port`, killed on drop. `bin` is the
+/// test's `env!("CARGO_BIN_EXE_duplex-test-worker")` (only integration tests
+/// see it); `config_yaml`, when given, is written to a file the worker reads.
+pub fn worker_process(bin: &str, port: u16, config_yaml: Option<&str>, env: &[(&str, &str)]) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(bin);
+    if let Some(yaml) = config_yaml {
+        let path = std::env::temp_dir().join(format!("duplex-test-worker-{port}.yaml"));
+        std::fs::write(&path, yaml).expect("write the worker config");
+        cmd.arg("--config").arg(path);
+    }
+    cmd.args(["--port", &port.to_string()])
+        .env("WORKER_HOST", "127.0.0.1")
+        .env("LOG_LEVEL", "warn")
+        .envs(env.iter().copied())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the worker binary starts")
+}

@@ -7,18 +7,12 @@ use std::time::{Duration, Instant};
 use duplex_cli::client::{Client, Event};
 use duplex_orchestrator::protocol::{AudioFormat, ClientMessage, EndReason, ErrorCode, ServerMessage};
 use duplex_tests::*;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const LONG: &str = "A long answer that is still being spoken when the worker goes away without warning.";
 
 async fn spawn_worker(port: u16) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_duplex-test-worker"))
-        .args(["--port", &port.to_string()])
-        .env("LOG_LEVEL", "warn")
-        .env("WORKER_HOST", "127.0.0.1")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("worker binary starts");
+    let child = worker_process(env!("CARGO_BIN_EXE_duplex-test-worker"), port, None, &[]);
     wait_serving(&format!("127.0.0.1:{port}"), Duration::from_secs(20)).await;
     child
 }

@@ -79,18 +79,9 @@ async fn a_graceful_stop_deregisters_at_once() {
 async fn a_killed_worker_disappears_with_its_ttl() {
     let redis = RedisServer::start();
     let port = free_port();
-    let config = std::env::temp_dir().join(format!("duplex-registry-kill-{}.yaml", std::process::id()));
-    std::fs::write(&config, "name: w-kill\nregistry:\n  ttl_ms: 1500\n  heartbeat_ms: 300\n").unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_duplex-test-worker"))
-        .arg("--config")
-        .arg(&config)
-        .args(["--port", &port.to_string()])
-        .env("REDIS_URL", redis.url())
-        .env("WORKER_HOST", "127.0.0.1")
-        .env("LOG_LEVEL", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let yaml = "name: w-kill\nregistry:\n  ttl_ms: 1500\n  heartbeat_ms: 300\n";
+    let mut child =
+        worker_process(env!("CARGO_BIN_EXE_duplex-test-worker"), port, Some(yaml), &[("REDIS_URL", &redis.url())]);
     let mut conn = redis.connection().await;
     until("registered", Duration::from_secs(20), async || record(&mut conn, "w-kill").await.is_some()).await;
     child.kill().await.unwrap(); // SIGKILL: no deregistration
@@ -98,7 +89,6 @@ async fn a_killed_worker_disappears_with_its_ttl() {
     assert!(record(&mut conn, "w-kill").await.is_some(), "still there right after the kill");
     until("expired", Duration::from_secs(5), async || record(&mut conn, "w-kill").await.is_none()).await;
     assert!(killed.elapsed() <= Duration::from_millis(2_000), "expired after {:?} (TTL 1.5 s)", killed.elapsed());
-    let _ = std::fs::remove_file(&config);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -100,18 +100,9 @@ async fn load_spreads_across_equal_workers() {
 async fn a_dead_worker_is_skipped_and_the_session_goes_on_elsewhere() {
     let redis = RedisServer::start();
     let port = free_port();
-    let config = std::env::temp_dir().join(format!("duplex-routing-kill-{}.yaml", std::process::id()));
-    std::fs::write(&config, "name: doomed\nregistry:\n  ttl_ms: 10000\n  heartbeat_ms: 200\n").unwrap();
-    let mut doomed = tokio::process::Command::new(env!("CARGO_BIN_EXE_duplex-test-worker"))
-        .arg("--config")
-        .arg(&config)
-        .args(["--port", &port.to_string()])
-        .env("REDIS_URL", redis.url())
-        .env("WORKER_HOST", "127.0.0.1")
-        .env("LOG_LEVEL", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let yaml = "name: doomed\nregistry:\n  ttl_ms: 10000\n  heartbeat_ms: 200\n";
+    let mut doomed =
+        worker_process(env!("CARGO_BIN_EXE_duplex-test-worker"), port, Some(yaml), &[("REDIS_URL", &redis.url())]);
     wait_serving(&format!("127.0.0.1:{port}"), Duration::from_secs(20)).await;
     let orch = orchestrator(&redis, "").await;
     wait_registered(&redis, 1).await;
@@ -139,5 +130,4 @@ async fn a_dead_worker_is_skipped_and_the_session_goes_on_elsewhere() {
         next.messages
     );
     assert_eq!(sessions_on(spare.addr).await, 1.0);
-    let _ = std::fs::remove_file(&config);
 }
