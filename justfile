@@ -21,6 +21,7 @@ deps:
 
 # Fetch and verify the ONNX Runtime library and the en_US-joe-medium voice into .cache/assets.
 assets: deps
+    cargo build -p duplex-cli --bin duplex
     cargo run --quiet -p duplex-cli --bin duplex -- assets
 
 # Unit and integration tests (cargo-nextest when installed, else cargo test).
