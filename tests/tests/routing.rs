@@ -131,3 +131,32 @@ async fn a_dead_worker_is_skipped_and_the_session_goes_on_elsewhere() {
     );
     assert_eq!(sessions_on(spare.addr).await, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_sessions_avoid_a_registered_worker_that_does_not_answer() {
+    let redis = RedisServer::start();
+    let port = free_port();
+    // "doomed" sorts before "spare": with equal load it would be picked first.
+    let yaml = "name: doomed\nregistry:\n  ttl_ms: 10000\n  heartbeat_ms: 200\n";
+    let mut doomed =
+        worker_process(env!("CARGO_BIN_EXE_duplex-test-worker"), port, Some(yaml), &[("REDIS_URL", &redis.url())]);
+    wait_serving(&format!("127.0.0.1:{port}"), Duration::from_secs(20)).await;
+    let spare = duplex_worker::spawn(worker(&redis, "spare", None)).await.unwrap();
+    let orch = orchestrator(&redis, "").await;
+    wait_registered(&redis, 2).await;
+    doomed.kill().await.unwrap(); // its record stays for 10 s
+    // A few 100 ms health rounds later, new sessions never try it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let url = format!("ws://{}/ws", orch.addr);
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let (c, heard) = talk(&url, &format!("new session {i}")).await;
+        assert!(
+            matches!(heard.messages.last(), Some(ServerMessage::UtteranceEnd { reason: EndReason::Completed, .. })),
+            "session {i}: {:?}",
+            heard.messages
+        );
+        clients.push(c);
+    }
+    assert_eq!(sessions_on(spare.addr).await, 3.0);
+}

@@ -3,7 +3,7 @@
 //! worker has one shared HTTP/2 connection reused by every session and turn,
 //! and each session keeps one Synthesize stream open across turns.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,7 +56,10 @@ enum Source {
     Static(WorkerRef),
     Registry {
         view: View,
-        channels: Mutex<HashMap<String, Channel>>,
+        channels: Arc<Mutex<HashMap<String, Channel>>>,
+        /// Registered workers whose gRPC health is not SERVING (or that do
+        /// not answer), from the periodic health check.
+        unhealthy: Arc<Mutex<HashSet<String>>>,
         /// Workers that failed, with the time they did (unix seconds): skipped
         /// until they heartbeat again after it.
         down: Mutex<HashMap<String, f64>>,
@@ -107,12 +110,17 @@ impl WorkerPool {
             Source::Static(WorkerRef { name: addr.clone(), addr, channel: endpoint(uri, timeout)? })
         } else {
             let stop = CancellationToken::new();
-            let view =
-                duplex_discovery::watch(&routing.redis_url, Duration::from_millis(routing.resync_ms), stop.clone())
-                    .map_err(|e| ConfigError::Invalid(format!("routing.redis_url {:?}: {e}", routing.redis_url)))?;
+            let every = Duration::from_millis(routing.resync_ms);
+            let view = duplex_discovery::watch(&routing.redis_url, every, stop.clone())
+                .map_err(|e| ConfigError::Invalid(format!("routing.redis_url {:?}: {e}", routing.redis_url)))?;
+            let channels: Arc<Mutex<HashMap<String, Channel>>> = Arc::default();
+            let unhealthy: Arc<Mutex<HashSet<String>>> = Arc::default();
+            let health = check_health(view.clone(), channels.clone(), unhealthy.clone(), every, timeout, stop.clone());
+            tokio::spawn(health);
             Source::Registry {
                 view,
-                channels: Mutex::default(),
+                channels,
+                unhealthy,
                 down: Mutex::default(),
                 ours: Arc::default(),
                 _stop: stop.drop_guard(),
@@ -187,24 +195,20 @@ impl WorkerPool {
     fn choose(&self) -> Result<WorkerRef, WorkerError> {
         match &self.source {
             Source::Static(w) => Ok(w.clone()),
-            Source::Registry { view, channels, down, ours, .. } => {
+            Source::Registry { view, channels, unhealthy, down, ours, .. } => {
                 let workers = view.workers();
                 let model = (!self.default_model.is_empty()).then_some(self.default_model.as_str());
                 let ours_now = ours.lock().expect("pool lock").clone();
                 let down_now = down.lock().expect("pool lock").clone();
-                let is_down = |w: &WorkerRecord| down_now.get(&w.name).is_some_and(|at| w.last_heartbeat_ts <= *at);
+                let unhealthy_now = unhealthy.lock().expect("pool lock").clone();
+                let is_down = |w: &WorkerRecord| {
+                    unhealthy_now.contains(&w.name)
+                        || down_now.get(&w.name).is_some_and(|at| w.last_heartbeat_ts <= *at)
+                };
                 let w: &WorkerRecord =
                     duplex_discovery::select(&workers, &Want { model, language: None }, &ours_now, &is_down)?;
-                let mut channels = channels.lock().expect("pool lock");
-                let channel = match channels.get(&w.addr) {
-                    Some(c) => c.clone(),
-                    None => {
-                        let uri = worker_uri(&w.addr).map_err(|e| WorkerError::Refused(e.to_string()))?;
-                        let c = endpoint(uri, self.timeout).map_err(|e| WorkerError::Refused(e.to_string()))?;
-                        channels.insert(w.addr.clone(), c.clone());
-                        c
-                    }
-                };
+                let channel =
+                    channel_for(channels, &w.addr, self.timeout).map_err(|e| WorkerError::Refused(e.to_string()))?;
                 Ok(WorkerRef { name: w.name.clone(), addr: w.addr.clone(), channel })
             }
         }
@@ -271,6 +275,65 @@ impl WorkerPool {
         let req = EndSessionRequest { session_id: session_id.to_string() };
         let mut client = TtsServiceClient::new(worker.channel.clone());
         self.within(&worker.addr, self.timeout, client.end_session(req)).await.map(|_| ())
+    }
+}
+
+/// The shared connection to `addr`, created on first use.
+fn channel_for(
+    channels: &Mutex<HashMap<String, Channel>>,
+    addr: &str,
+    timeout: Duration,
+) -> Result<Channel, ConfigError> {
+    let mut channels = channels.lock().expect("pool lock");
+    if let Some(c) = channels.get(addr) {
+        return Ok(c.clone());
+    }
+    let c = endpoint(worker_uri(addr)?, timeout)?;
+    channels.insert(addr.to_string(), c.clone());
+    Ok(c)
+}
+
+/// Every `every`, asks each registered worker for its gRPC health (all at
+/// once, each bounded by `timeout`); those not SERVING are skipped by
+/// selection until they are again.
+async fn check_health(
+    view: View,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    unhealthy: Arc<Mutex<HashSet<String>>>,
+    every: Duration,
+    timeout: Duration,
+    stop: CancellationToken,
+) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let mut checks = tokio::task::JoinSet::new();
+        for w in view.workers() {
+            let Ok(channel) = channel_for(&channels, &w.addr, timeout) else { continue };
+            checks.spawn(async move {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                let req = tonic_health::pb::HealthCheckRequest { service: "tts.TTSService".into() };
+                let answer = tokio::time::timeout(timeout, health.check(req)).await;
+                let serving = matches!(answer, Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32);
+                (w.name, serving)
+            });
+        }
+        let mut now_unhealthy = HashSet::new();
+        while let Some(Ok((name, serving))) = checks.join_next().await {
+            if !serving {
+                now_unhealthy.insert(name);
+            }
+        }
+        let mut current = unhealthy.lock().expect("pool lock");
+        for name in now_unhealthy.difference(&current) {
+            tracing::warn!(worker = %name, "registered worker is not SERVING; skipping it");
+        }
+        *current = now_unhealthy;
     }
 }
 
