@@ -97,10 +97,10 @@ async fn binary_audio_by_url_or_by_config_message() {
     assert!(heard.sequences_contiguous());
 
     let mut c = stack.client(AudioFormat::Json).await;
-    c.send(&ClientMessage::Config { audio_format: Some(AudioFormat::Binary) }).await.unwrap();
+    c.send(&ClientMessage::Config { audio_format: Some(AudioFormat::Binary), model: None }).await.unwrap();
     let mut heard = Heard::default();
     read_until(&mut c, &mut heard, Duration::from_secs(5), |_| true).await;
-    assert_eq!(heard.messages, vec![ServerMessage::Config { audio_format: AudioFormat::Binary }]);
+    assert_eq!(heard.messages, vec![ServerMessage::Config { audio_format: AudioFormat::Binary, model: None }]);
     let heard = speak(&mut c, "switched").await;
     assert_eq!(heard.frames.len() as u64, mock_frames("switched"));
 }
@@ -365,4 +365,55 @@ async fn shutdown_tells_every_session_why() {
     }
     let joined = tokio::time::timeout(Duration::from_secs(8), stack.orchestrator.join).await;
     assert!(matches!(joined, Ok(Ok(Ok(())))), "orchestrator exits cleanly: {joined:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_chooses_the_model_per_session() {
+    use duplex_tts::mock::MockConfig;
+    use duplex_worker::engines::EngineConfig;
+    let mut wc = worker_config();
+    wc.models.push(EngineConfig::Mock(MockConfig {
+        model_id: "mock-fast".into(),
+        ms_per_char: 30,
+        ..MockConfig::default()
+    }));
+    let stack = Stack::start(wc, |_| {}).await;
+    let mut c = stack.client(AudioFormat::Binary).await;
+    let normal = speak(&mut c, "same words").await.frames.len();
+    c.send(&ClientMessage::Config { audio_format: None, model: Some("mock-fast".into()) }).await.unwrap();
+    let mut heard = Heard::default();
+    read_until(&mut c, &mut heard, Duration::from_secs(5), |_| true).await;
+    assert_eq!(
+        heard.messages,
+        vec![ServerMessage::Config { audio_format: AudioFormat::Binary, model: Some("mock-fast".into()) }]
+    );
+    let fast = speak(&mut c, "same words").await.frames.len();
+    assert!(fast * 2 < normal, "the faster model spoke: {fast} vs {normal} frames");
+
+    // Not while speaking.
+    c.send_text(LONG, true).await.unwrap();
+    let mut heard = Heard::default();
+    frames_until(&mut c, &mut heard, 2).await;
+    c.send(&ClientMessage::Config { audio_format: None, model: Some("mock".into()) }).await.unwrap();
+    read_until(&mut c, &mut heard, Duration::from_secs(5), is_error).await;
+    assert!(errors(&heard)[0].1.contains("while speaking"), "{:?}", errors(&heard));
+    ack(&mut c, &mut heard, Command::Stop).await;
+
+    // A model no worker has: a clear error, and the session goes on.
+    c.send(&ClientMessage::Config { audio_format: None, model: Some("no-such-voice".into()) }).await.unwrap();
+    let heard = speak_or_error(&mut c, "hello").await;
+    let errs = errors(&heard);
+    assert_eq!(errs.len(), 1, "{:?}", heard.messages);
+    assert!(errs[0].1.contains("no-such-voice"), "{}", errs[0].1);
+    c.send(&ClientMessage::Config { audio_format: None, model: Some(String::new()) }).await.unwrap();
+    let back = speak(&mut c, "same words").await;
+    assert_eq!(back.frames.len(), normal, "back on the default model");
+}
+
+/// Speaks `text` expecting it to fail: reads to the error event.
+async fn speak_or_error(client: &mut Client, text: &str) -> Heard {
+    client.send_text(text, true).await.unwrap();
+    let mut heard = Heard::default();
+    read_until(client, &mut heard, Duration::from_secs(20), is_error).await;
+    heard
 }

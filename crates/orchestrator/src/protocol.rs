@@ -48,10 +48,14 @@ pub enum ClientMessage {
     Control {
         command: Command,
     },
-    /// Session settings; may be sent at any time.
+    /// Session settings; may be sent at any time (a model change applies
+    /// from the next utterance, and not while one is being spoken).
     Config {
         #[serde(default)]
         audio_format: Option<AudioFormat>,
+        /// TTS model (voice) for this session; `""` = the server's default.
+        #[serde(default)]
+        model: Option<String>,
     },
     Ping {
         #[serde(default)]
@@ -140,6 +144,8 @@ pub enum ServerMessage {
     },
     Config {
         audio_format: AudioFormat,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
     },
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]

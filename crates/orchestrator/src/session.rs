@@ -42,6 +42,8 @@ const CONTROL_QUEUE: usize = 16;
 const CLOSE_TRY_AGAIN: u16 = 1013;
 /// WebSocket close code "invalid frame payload data".
 const CLOSE_INVALID_PAYLOAD: u16 = 1007;
+/// Longest model id a client may ask for.
+const MAX_MODEL_ID_BYTES: usize = 128;
 /// Retry hint sent with BUSY.
 const BUSY_RETRY_AFTER_MS: u64 = 1_000;
 /// The WebSocket protocol version in `session_start`.
@@ -66,6 +68,8 @@ struct Session {
     out_tx: mpsc::Sender<Message>,
     control_tx: mpsc::Sender<(ControlCommand, u64, WorkerRef)>,
     audio_format: AudioFormat,
+    /// Model chosen by the client; `None` = the configured default.
+    model: Option<String>,
     link: Link,
     /// Last utterance id assigned; ids start at 1.
     last_utterance: u64,
@@ -119,6 +123,7 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, audio_format: AudioFor
         out_tx,
         control_tx,
         audio_format,
+        model: None,
         link: Link::Down,
         last_utterance: 0,
         open_utterance: None,
@@ -327,14 +332,42 @@ impl Session {
             Err(e) => self.error(ErrorCode::InvalidMessage, e.to_string()),
             Ok(ClientMessage::Text { text, is_final }) => self.on_text(text, is_final),
             Ok(ClientMessage::Control { command }) => self.on_control(command),
-            Ok(ClientMessage::Config { audio_format }) => {
+            Ok(ClientMessage::Config { audio_format, model }) => {
                 if let Some(f) = audio_format {
                     self.audio_format = f;
                 }
-                self.send(ServerMessage::Config { audio_format: self.audio_format })
+                if let Some(m) = model
+                    && let Flow::End(r) = self.set_model(m)
+                {
+                    return Flow::End(r);
+                }
+                self.send(ServerMessage::Config { audio_format: self.audio_format, model: self.model.clone() })
             }
             Ok(ClientMessage::Ping { id }) => self.send(ServerMessage::Pong { id }),
         }
+    }
+
+    /// Chooses the session's model; the next stream is opened with it.
+    fn set_model(&mut self, model: String) -> Flow {
+        if model.len() > MAX_MODEL_ID_BYTES || model.chars().any(char::is_control) {
+            return self.error(ErrorCode::InvalidMessage, "model must be a short printable id");
+        }
+        if !self.active.is_empty() {
+            return self.error(ErrorCode::InvalidMessage, "cannot change the model while speaking; send STOP first");
+        }
+        let model = (!model.is_empty()).then_some(model);
+        if model != self.model {
+            self.model = model;
+            // The worker session was started with the old model: end it.
+            if let Link::Up(stream) = std::mem::replace(&mut self.link, Link::Down) {
+                let (pool, id, worker) = (self.state.pool.clone(), self.id.clone(), stream.worker.clone());
+                drop(stream);
+                self.state.tasks.spawn(async move {
+                    let _ = pool.end_session(&worker, &id).await;
+                });
+            }
+        }
+        Flow::Continue
     }
 
     fn on_text(&mut self, text: String, is_final: bool) -> Flow {
@@ -381,8 +414,8 @@ impl Session {
             }
             Link::Opening { .. } => self.worker_failed("worker is not accepting text"),
             Link::Down => {
-                let (pool, id) = (self.state.pool.clone(), self.id.clone());
-                let open = Box::pin(async move { pool.open(&id, chunk).await });
+                let (pool, id, model) = (self.state.pool.clone(), self.id.clone(), self.model.clone());
+                let open = Box::pin(async move { pool.open(&id, chunk, model.as_deref()).await });
                 self.link = Link::Opening { open, backlog: Vec::new() };
                 Flow::Continue
             }

@@ -192,12 +192,12 @@ impl WorkerPool {
     }
 
     /// The worker a new stream should go to.
-    fn choose(&self) -> Result<WorkerRef, WorkerError> {
+    fn choose(&self, model: &str) -> Result<WorkerRef, WorkerError> {
         match &self.source {
             Source::Static(w) => Ok(w.clone()),
             Source::Registry { view, channels, unhealthy, down, ours, .. } => {
                 let workers = view.workers();
-                let model = (!self.default_model.is_empty()).then_some(self.default_model.as_str());
+                let model = (!model.is_empty()).then_some(model);
                 let ours_now = ours.lock().expect("pool lock").clone();
                 let down_now = down.lock().expect("pool lock").clone();
                 let unhealthy_now = unhealthy.lock().expect("pool lock").clone();
@@ -224,9 +224,16 @@ impl WorkerPool {
 
     /// Chooses a worker, starts the session there and opens its Synthesize
     /// stream with `first` as the first chunk.
-    pub async fn open(&self, session_id: &str, first: TextChunk) -> Result<WorkerStream, WorkerError> {
-        let worker = self.choose()?;
-        let result = self.open_on(&worker, session_id, first).await;
+    /// `model` overrides `routing.default_model` for this session.
+    pub async fn open(
+        &self,
+        session_id: &str,
+        first: TextChunk,
+        model: Option<&str>,
+    ) -> Result<WorkerStream, WorkerError> {
+        let model = model.unwrap_or(&self.default_model);
+        let worker = self.choose(model)?;
+        let result = self.open_on(&worker, session_id, first, model).await;
         if matches!(result, Err(WorkerError::Unreachable { .. } | WorkerError::Timeout { .. })) {
             self.mark_down(&worker);
         }
@@ -243,11 +250,12 @@ impl WorkerPool {
         worker: &WorkerRef,
         session_id: &str,
         first: TextChunk,
+        model: &str,
     ) -> Result<(mpsc::Sender<TextChunk>, Streaming<AudioFrame>), WorkerError> {
         let mut client = TtsServiceClient::new(worker.channel.clone());
         let req = StartSessionRequest {
             session_id: session_id.to_string(),
-            model_id: self.default_model.clone(),
+            model_id: model.to_string(),
             sample_rate_hz: duplex_audio::SAMPLE_RATE_HZ as i32,
             ..Default::default()
         };
