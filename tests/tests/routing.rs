@@ -30,6 +30,17 @@ async fn orchestrator(redis: &RedisServer, model: &str) -> duplex_orchestrator::
     duplex_orchestrator::spawn(c).await.unwrap()
 }
 
+/// A registered worker process named "doomed" (its record outlives a kill by
+/// 10 s), serving once this returns.
+async fn doomed_worker(redis: &RedisServer) -> tokio::process::Child {
+    let port = free_port();
+    let yaml = "name: doomed\nregistry:\n  ttl_ms: 10000\n  heartbeat_ms: 200\n";
+    let child =
+        worker_process(env!("CARGO_BIN_EXE_duplex-test-worker"), port, Some(yaml), &[("REDIS_URL", &redis.url())]);
+    wait_serving(&format!("127.0.0.1:{port}"), Duration::from_secs(20)).await;
+    child
+}
+
 async fn sessions_on(addr: std::net::SocketAddr) -> f64 {
     let caps = grpc(addr).await.get_capabilities(GetCapabilitiesRequest {}).await.unwrap().into_inner();
     caps.metrics["active_sessions"]
@@ -99,11 +110,7 @@ async fn load_spreads_across_equal_workers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_worker_is_skipped_and_the_session_goes_on_elsewhere() {
     let redis = RedisServer::start();
-    let port = free_port();
-    let yaml = "name: doomed\nregistry:\n  ttl_ms: 10000\n  heartbeat_ms: 200\n";
-    let mut doomed =
-        worker_process(env!("CARGO_BIN_EXE_duplex-test-worker"), port, Some(yaml), &[("REDIS_URL", &redis.url())]);
-    wait_serving(&format!("127.0.0.1:{port}"), Duration::from_secs(20)).await;
+    let mut doomed = doomed_worker(&redis).await;
     let orch = orchestrator(&redis, "").await;
     wait_registered(&redis, 1).await;
     let url = format!("ws://{}/ws", orch.addr);
@@ -135,12 +142,8 @@ async fn a_dead_worker_is_skipped_and_the_session_goes_on_elsewhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_sessions_avoid_a_registered_worker_that_does_not_answer() {
     let redis = RedisServer::start();
-    let port = free_port();
     // "doomed" sorts before "spare": with equal load it would be picked first.
-    let yaml = "name: doomed\nregistry:\n  ttl_ms: 10000\n  heartbeat_ms: 200\n";
-    let mut doomed =
-        worker_process(env!("CARGO_BIN_EXE_duplex-test-worker"), port, Some(yaml), &[("REDIS_URL", &redis.url())]);
-    wait_serving(&format!("127.0.0.1:{port}"), Duration::from_secs(20)).await;
+    let mut doomed = doomed_worker(&redis).await;
     let spare = duplex_worker::spawn(worker(&redis, "spare", None)).await.unwrap();
     let orch = orchestrator(&redis, "").await;
     wait_registered(&redis, 2).await;

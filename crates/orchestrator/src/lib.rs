@@ -10,6 +10,7 @@
 //! - [`server`]: routes, probes, graceful shutdown.
 
 pub mod config;
+mod link;
 pub mod metrics;
 pub mod playout;
 pub mod protocol;

@@ -8,7 +8,6 @@
 //! PAUSE/RESUME/STOP in order without blocking the loop.
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::link::{Link, LinkEvent, link_event};
 use crate::playout::{Entry, Playout};
 use crate::protocol::{
     AudioFormat, ClientMessage, Command, EndReason, ErrorCode, ServerMessage, decode_binary, decode_text,
@@ -138,16 +138,8 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, audio_format: AudioFor
         tracing::info!(?audio_format, "session started");
         let reason = session.run(&mut ws_rx).await;
         tracing::info!(reason, frames = session.sequence, "session ended");
-        if let Link::Up(stream) = std::mem::replace(&mut session.link, Link::Down) {
-            // Frees the worker's session now instead of letting it finish the text.
-            let (pool, id, worker) = (state.pool.clone(), id.clone(), stream.worker.clone());
-            drop(stream);
-            state.tasks.spawn(async move {
-                if let Err(e) = pool.end_session(&worker, &id).await {
-                    tracing::debug!(error = %e, "EndSession failed");
-                }
-            });
-        }
+        // Frees the worker's session now instead of letting it finish the text.
+        session.end_worker_session();
     }
     .instrument(span)
     .await;
@@ -179,33 +171,6 @@ async fn send_controls(
         if let Err(e) = state.pool.control(&worker, &session_id, command, utterance_id).await {
             tracing::debug!(?command, error = %e, "worker control failed");
         }
-    }
-}
-
-/// The session's connection to its worker.
-enum Link {
-    Down,
-    /// StartSession and Synthesize in flight (polled by the session loop, so
-    /// the client is read meanwhile); text arriving now waits in `backlog`.
-    Opening {
-        open: Pin<Box<dyn Future<Output = Result<WorkerStream, WorkerError>> + Send>>,
-        backlog: Vec<TextChunk>,
-    },
-    Up(WorkerStream),
-}
-
-enum LinkEvent {
-    Opened(Result<WorkerStream, WorkerError>),
-    Frame(Result<Option<AudioFrame>, tonic::Status>),
-}
-
-/// The next thing the link has to say; pending while it has nothing (or
-/// while `read_frames` is false, which throttles the worker).
-async fn link_event(link: &mut Link, read_frames: bool) -> LinkEvent {
-    match link {
-        Link::Opening { open, .. } => LinkEvent::Opened(open.as_mut().await),
-        Link::Up(stream) if read_frames => LinkEvent::Frame(stream.frames.message().await),
-        _ => std::future::pending().await,
     }
 }
 
@@ -347,6 +312,20 @@ impl Session {
         }
     }
 
+    /// Drops the worker stream and ends the worker's session in the
+    /// background (tracked for shutdown); the next text opens a new one.
+    fn end_worker_session(&mut self) {
+        if let Link::Up(stream) = std::mem::replace(&mut self.link, Link::Down) {
+            let (pool, id, worker) = (self.state.pool.clone(), self.id.clone(), stream.worker.clone());
+            drop(stream);
+            self.state.tasks.spawn(async move {
+                if let Err(e) = pool.end_session(&worker, &id).await {
+                    tracing::debug!(error = %e, "EndSession failed");
+                }
+            });
+        }
+    }
+
     /// Chooses the session's model; the next stream is opened with it.
     fn set_model(&mut self, model: String) -> Flow {
         if model.len() > MAX_MODEL_ID_BYTES || model.chars().any(char::is_control) {
@@ -359,13 +338,7 @@ impl Session {
         if model != self.model {
             self.model = model;
             // The worker session was started with the old model: end it.
-            if let Link::Up(stream) = std::mem::replace(&mut self.link, Link::Down) {
-                let (pool, id, worker) = (self.state.pool.clone(), self.id.clone(), stream.worker.clone());
-                drop(stream);
-                self.state.tasks.spawn(async move {
-                    let _ = pool.end_session(&worker, &id).await;
-                });
-            }
+            self.end_worker_session();
         }
         Flow::Continue
     }
