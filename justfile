@@ -55,7 +55,7 @@ bench-tts *ARGS: deps
     cargo run --quiet --release -p duplex-cli --bin duplex -- assets
     cargo run --quiet --release -p duplex-cli --bin duplex -- bench-tts {{ARGS}}
 
-# Benchmark routing: selection from the view, registry scans, dead-worker detection (needs Redis; REDIS_URL).
+# Benchmark routing: selection (with the affinity lookup), registry scans, dead-worker detection, failover (needs Redis; REDIS_URL).
 bench-routing: deps
     cargo build --release -p duplex-cli -p duplex-worker -p duplex-orchestrator
     cargo run --quiet --release -p duplex-cli --bin duplex -- bench-routing

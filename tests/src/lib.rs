@@ -12,6 +12,8 @@ use tonic::transport::Channel;
 
 pub use duplex_cli::client;
 
+pub mod routing;
+
 /// A worker config on 127.0.0.1:0 with the default mock.
 pub fn worker_config() -> duplex_worker::Config {
     let mut c = duplex_worker::Config::default();
@@ -100,7 +102,7 @@ pub async fn read_until(
             .expect("socket ok");
         let done = stop(&ev);
         match ev {
-            Event::Audio { utterance_id, sequence, pcm, at } => {
+            Event::Audio { utterance_id, sequence, pcm, at, .. } => {
                 heard.frames.push((sequence, utterance_id, pcm.len(), at))
             }
             Event::Message { message, .. } => heard.messages.push(message),
@@ -117,7 +119,7 @@ pub async fn read_for(client: &mut Client, heard: &mut Heard, window: Duration) 
     let deadline = tokio::time::Instant::now() + window;
     while let Ok(ev) = tokio::time::timeout_at(deadline, client.next()).await {
         match ev.expect("socket ok") {
-            Event::Audio { utterance_id, sequence, pcm, at } => {
+            Event::Audio { utterance_id, sequence, pcm, at, .. } => {
                 heard.frames.push((sequence, utterance_id, pcm.len(), at))
             }
             Event::Message { message, .. } => heard.messages.push(message),

@@ -106,6 +106,25 @@ async fn a_sentence_is_plausible_48khz_speech() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_say_which_sentence_they_speak() {
+    let worker = duplex_worker::spawn(piper_worker()).await.unwrap();
+    let mut c = grpc(worker.addr).await;
+    start(&mut c, "s", VOICE).await;
+    let text = "Good morning. The weather is fine today. See you later.";
+    let (_tx, mut frames) = open(&mut c, "s", text).await;
+    let (got, _) = utterance(&mut frames).await;
+    let mut offsets: Vec<u32> = got.iter().map(|f| f.text_offset).collect();
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "never back: {offsets:?}");
+    offsets.dedup();
+    // The first sentence may come in clauses; each later one starts where it is in the text.
+    for sentence in ["The weather", "See you"] {
+        let at = text.find(sentence).unwrap() as u32;
+        assert!(offsets.contains(&at), "{sentence:?} at {at}: {offsets:?}");
+    }
+    assert_eq!(offsets[0], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn numbers_are_spoken() {
     let worker = duplex_worker::spawn(piper_worker()).await.unwrap();
     let mut c = grpc(worker.addr).await;

@@ -1,74 +1,18 @@
-//! Sessions routed through the Redis registry: by model, spread by load, and
-//! away from a worker that died.
+//! Sessions routed through the Redis registry: by model and language, spread
+//! by load, back to their worker on reconnect, and to a worker that loads a
+//! model it does not hold yet.
 
 use std::time::Duration;
 
 use duplex_cli::client::Client;
-use duplex_orchestrator::protocol::{AudioFormat, EndReason, ErrorCode, ServerMessage};
-use duplex_proto::tts::GetCapabilitiesRequest;
+use duplex_orchestrator::protocol::{AudioFormat, ClientMessage, EndReason, ErrorCode, ServerMessage};
+use duplex_tests::routing::{orchestrator, say, sessions_on, talk, wait_registered, worker};
 use duplex_tests::*;
 use duplex_tts::mock::MockConfig;
 use duplex_worker::engines::EngineConfig;
 
-fn worker(redis: &RedisServer, name: &str, extra_model: Option<&str>) -> duplex_worker::Config {
-    let mut c = worker_config();
-    c.name = name.into();
-    c.registry.redis_url = redis.url();
-    c.registry.ttl_ms = 3_000;
-    c.registry.heartbeat_ms = 200;
-    if let Some(m) = extra_model {
-        c.models.push(EngineConfig::Mock(MockConfig { model_id: m.into(), ..MockConfig::default() }));
-    }
-    c
-}
-
-async fn orchestrator(redis: &RedisServer, model: &str) -> duplex_orchestrator::Handle {
-    let mut c = orchestrator_config("grpc://127.0.0.1:1"); // unused: the registry decides
-    c.routing.redis_url = redis.url();
-    c.routing.resync_ms = 100;
-    c.routing.default_model = model.into();
-    duplex_orchestrator::spawn(c).await.unwrap()
-}
-
-/// A registered worker process named "doomed" (its record outlives a kill by
-/// 10 s), serving once this returns.
-async fn doomed_worker(redis: &RedisServer) -> tokio::process::Child {
-    let port = free_port();
-    let yaml = "name: doomed\nregistry:\n  ttl_ms: 10000\n  heartbeat_ms: 200\n";
-    let child =
-        worker_process(env!("CARGO_BIN_EXE_duplex-test-worker"), port, Some(yaml), &[("REDIS_URL", &redis.url())]);
-    wait_serving(&format!("127.0.0.1:{port}"), Duration::from_secs(20)).await;
-    child
-}
-
-async fn sessions_on(addr: std::net::SocketAddr) -> f64 {
-    let caps = grpc(addr).await.get_capabilities(GetCapabilitiesRequest {}).await.unwrap().into_inner();
-    caps.metrics["active_sessions"]
-}
-
-async fn talk(url: &str, text: &str) -> (Client, Heard) {
-    let mut c = Client::connect(url, AudioFormat::Binary).await.unwrap();
-    c.session_start().await.unwrap();
-    c.send_text(text, true).await.unwrap();
-    let mut heard = Heard::default();
-    read_until(&mut c, &mut heard, Duration::from_secs(20), |e| is_utterance_end(e) || is_error(e)).await;
-    (c, heard)
-}
-
-/// Waits until `n` workers are registered, then two of the orchestrator's
-/// 100 ms scans so its view has them.
-async fn wait_registered(redis: &RedisServer, n: usize) {
-    let mut conn = redis.connection().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let keys: Vec<String> = redis::cmd("KEYS").arg("worker:*").query_async(&mut conn).await.unwrap();
-        if keys.len() >= n {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{n} workers registered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(250)).await;
+fn completed(h: &Heard) -> bool {
+    matches!(h.messages.last(), Some(ServerMessage::UtteranceEnd { reason: EndReason::Completed, .. }))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,14 +26,47 @@ async fn sessions_go_to_the_worker_that_offers_the_model() {
     let (_c1, h1) = talk(&url, "one").await;
     let (_c2, h2) = talk(&url, "two").await;
     for h in [&h1, &h2] {
-        assert!(
-            matches!(h.messages.last(), Some(ServerMessage::UtteranceEnd { reason: EndReason::Completed, .. })),
-            "{:?}",
-            h.messages
-        );
+        assert!(completed(h), "{:?}", h.messages);
     }
     assert_eq!(sessions_on(b.addr).await, 2.0, "both on the worker with mock-b");
     assert_eq!(sessions_on(a.addr).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_language_picks_a_worker_whose_model_speaks_it() {
+    let redis = RedisServer::start();
+    let a = duplex_worker::spawn(worker(&redis, "a", None)).await.unwrap();
+    let mut b_cfg = worker(&redis, "b", None);
+    let french = MockConfig { model_id: "mock-fr".into(), languages: vec!["fr".into()], ..MockConfig::default() };
+    b_cfg.models.push(EngineConfig::Mock(french));
+    let b = duplex_worker::spawn(b_cfg).await.unwrap();
+    let orch = orchestrator(&redis, "").await;
+    wait_registered(&redis, 2).await;
+    let url = format!("ws://{}/ws", orch.addr);
+
+    let mut c = Client::connect(&url, AudioFormat::Binary).await.unwrap();
+    c.session_start().await.unwrap();
+    let config =
+        ClientMessage::Config { audio_format: None, model: Some("mock-fr".into()), language: Some("fr-FR".into()) };
+    c.send(&config).await.unwrap();
+    let h = say(&mut c, "bonjour").await;
+    assert!(completed(&h), "{:?}", h.messages);
+    assert_eq!((sessions_on(a.addr).await, sessions_on(b.addr).await), (0.0, 1.0));
+
+    // Both workers' default model speaks English only: nothing serves German.
+    let mut d = Client::connect(&url, AudioFormat::Binary).await.unwrap();
+    d.session_start().await.unwrap();
+    d.send(&ClientMessage::Config { audio_format: None, model: None, language: Some("de".into()) }).await.unwrap();
+    d.send_text("hallo", true).await.unwrap();
+    let mut h = Heard::default();
+    read_until(&mut d, &mut h, Duration::from_secs(10), is_error).await;
+    let error = h.messages.iter().find_map(|m| match m {
+        ServerMessage::Error { code, message, .. } => Some((*code, message.clone())),
+        _ => None,
+    });
+    let (code, message) = error.expect("an error");
+    assert_eq!(code, ErrorCode::WorkerUnavailable);
+    assert!(message.contains("\"de\""), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,59 +84,67 @@ async fn load_spreads_across_equal_workers() {
     assert_eq!((sessions_on(a.addr).await, sessions_on(b.addr).await), (2.0, 2.0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_worker_is_skipped_and_the_session_goes_on_elsewhere() {
-    let redis = RedisServer::start();
-    let mut doomed = doomed_worker(&redis).await;
-    let orch = orchestrator(&redis, "").await;
-    wait_registered(&redis, 1).await;
-    let url = format!("ws://{}/ws", orch.addr);
-    // The only worker: the session lands there.
-    let (mut c, first) = talk(&url, "first").await;
-    assert!(matches!(first.messages.last(), Some(ServerMessage::UtteranceEnd { reason: EndReason::Completed, .. })));
-    // A second worker appears, the first dies (its record stays for 10 s).
-    let spare = duplex_worker::spawn(worker(&redis, "spare", None)).await.unwrap();
-    wait_registered(&redis, 2).await;
-    doomed.kill().await.unwrap();
-    c.send_text("are you there?", true).await.unwrap();
-    let mut heard = Heard::default();
-    read_until(&mut c, &mut heard, Duration::from_secs(10), is_error).await;
-    assert!(
-        heard.messages.iter().any(|m| matches!(m, ServerMessage::Error { code: ErrorCode::WorkerUnavailable, .. }))
-    );
-    // Marked down at once: the next text goes to the spare, long before the TTL.
-    let mut next = Heard::default();
-    c.send_text("and now?", true).await.unwrap();
-    read_until(&mut c, &mut next, Duration::from_secs(10), |e| is_utterance_end(e) || is_error(e)).await;
-    assert!(
-        matches!(next.messages.last(), Some(ServerMessage::UtteranceEnd { reason: EndReason::Completed, .. })),
-        "{:?}",
-        next.messages
-    );
-    assert_eq!(sessions_on(spare.addr).await, 1.0);
+/// Connects a session; returns it and its id.
+async fn connect(url: &str) -> (Client, String) {
+    let mut c = Client::connect(url, AudioFormat::Binary).await.unwrap();
+    let id = c.session_start().await.unwrap();
+    (c, id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_sessions_avoid_a_registered_worker_that_does_not_answer() {
+async fn a_reconnecting_session_returns_to_its_worker() {
     let redis = RedisServer::start();
-    // "doomed" sorts before "spare": with equal load it would be picked first.
-    let mut doomed = doomed_worker(&redis).await;
-    let spare = duplex_worker::spawn(worker(&redis, "spare", None)).await.unwrap();
+    let a = duplex_worker::spawn(worker(&redis, "a", None)).await.unwrap();
+    let b = duplex_worker::spawn(worker(&redis, "b", None)).await.unwrap();
     let orch = orchestrator(&redis, "").await;
     wait_registered(&redis, 2).await;
-    doomed.kill().await.unwrap(); // its record stays for 10 s
-    // A few 100 ms health rounds later, new sessions never try it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let url = format!("ws://{}/ws", orch.addr);
-    let mut clients = Vec::new();
-    for i in 0..3 {
-        let (c, heard) = talk(&url, &format!("new session {i}")).await;
-        assert!(
-            matches!(heard.messages.last(), Some(ServerMessage::UtteranceEnd { reason: EndReason::Completed, .. })),
-            "session {i}: {:?}",
-            heard.messages
-        );
-        clients.push(c);
-    }
-    assert_eq!(sessions_on(spare.addr).await, 3.0);
+    let (mut on_a, _) = connect(&url).await;
+    assert!(completed(&say(&mut on_a, "first").await));
+    let (mut on_b, id_b) = connect(&url).await;
+    assert!(completed(&say(&mut on_b, "second").await));
+    assert_eq!((sessions_on(a.addr).await, sessions_on(b.addr).await), (1.0, 1.0));
+
+    // The record names the worker, with the configured TTL (600 s).
+    let mut conn = redis.connection().await;
+    let key = format!("routing:affinity:{id_b}");
+    let name: String = redis::cmd("GET").arg(&key).query_async(&mut conn).await.unwrap();
+    let ttl_ms: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
+    assert_eq!(name, "b");
+    assert!(ttl_ms > 500_000, "{ttl_ms}");
+
+    on_b.close().await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // its EndSession reaches b
+    // A new session takes b's place: a=1, b=1, and ties go to "a"...
+    let (_third, h) = talk(&url, "third").await;
+    assert!(completed(&h));
+    assert_eq!((sessions_on(a.addr).await, sessions_on(b.addr).await), (1.0, 1.0));
+    // ...yet the session that reconnects with its id goes back to b.
+    let back_url = format!("{url}?session_id={id_b}");
+    let (mut back, id) = connect(&back_url).await;
+    assert_eq!(id, id_b, "the session keeps its id");
+    let h = say(&mut back, "I am back").await;
+    assert!(completed(&h), "{:?}", h.messages);
+    assert_eq!((sessions_on(a.addr).await, sessions_on(b.addr).await), (1.0, 2.0));
+
+    // A session id that is connected now, or malformed, is refused.
+    assert!(Client::connect(&back_url, AudioFormat::Binary).await.is_err(), "a live id is not taken twice");
+    assert!(Client::connect(&format!("{url}?session_id=no%20spaces"), AudioFormat::Binary).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_not_resident_anywhere_is_loaded_before_the_session_starts() {
+    let redis = RedisServer::start();
+    // Only the default model is preloaded.
+    let a = duplex_worker::spawn(worker(&redis, "a", Some("mock-lazy"))).await.unwrap();
+    let orch = orchestrator(&redis, "mock-lazy").await;
+    wait_registered(&redis, 1).await;
+    let mut conn = redis.connection().await;
+    let record: String = redis::cmd("GET").arg("worker:a").query_async(&mut conn).await.unwrap();
+    let record: duplex_discovery::WorkerRecord = serde_json::from_str(&record).unwrap();
+    assert!(!record.resident_models.contains(&"mock-lazy".to_string()), "{:?}", record.resident_models);
+    let (_c, h) = talk(&format!("ws://{}/ws", orch.addr), "lazy").await;
+    assert!(completed(&h), "{:?}", h.messages);
+    let models = grpc(a.addr).await.list_models(duplex_proto::tts::ListModelsRequest {}).await.unwrap().into_inner();
+    assert!(models.models.iter().any(|m| m.model_id == "mock-lazy" && m.is_loaded), "{models:?}");
 }

@@ -97,10 +97,15 @@ async fn binary_audio_by_url_or_by_config_message() {
     assert!(heard.sequences_contiguous());
 
     let mut c = stack.client(AudioFormat::Json).await;
-    c.send(&ClientMessage::Config { audio_format: Some(AudioFormat::Binary), model: None }).await.unwrap();
+    c.send(&ClientMessage::Config { audio_format: Some(AudioFormat::Binary), model: None, language: None })
+        .await
+        .unwrap();
     let mut heard = Heard::default();
     read_until(&mut c, &mut heard, Duration::from_secs(5), |_| true).await;
-    assert_eq!(heard.messages, vec![ServerMessage::Config { audio_format: AudioFormat::Binary, model: None }]);
+    assert_eq!(
+        heard.messages,
+        vec![ServerMessage::Config { audio_format: AudioFormat::Binary, model: None, language: None }]
+    );
     let heard = speak(&mut c, "switched").await;
     assert_eq!(heard.frames.len() as u64, mock_frames("switched"));
 }
@@ -380,12 +385,18 @@ async fn the_client_chooses_the_model_per_session() {
     let stack = Stack::start(wc, |_| {}).await;
     let mut c = stack.client(AudioFormat::Binary).await;
     let normal = speak(&mut c, "same words").await.frames.len();
-    c.send(&ClientMessage::Config { audio_format: None, model: Some("mock-fast".into()) }).await.unwrap();
+    c.send(&ClientMessage::Config { audio_format: None, model: Some("mock-fast".into()), language: None })
+        .await
+        .unwrap();
     let mut heard = Heard::default();
     read_until(&mut c, &mut heard, Duration::from_secs(5), |_| true).await;
     assert_eq!(
         heard.messages,
-        vec![ServerMessage::Config { audio_format: AudioFormat::Binary, model: Some("mock-fast".into()) }]
+        vec![ServerMessage::Config {
+            audio_format: AudioFormat::Binary,
+            model: Some("mock-fast".into()),
+            language: None
+        }]
     );
     let fast = speak(&mut c, "same words").await.frames.len();
     assert!(fast * 2 < normal, "the faster model spoke: {fast} vs {normal} frames");
@@ -394,18 +405,20 @@ async fn the_client_chooses_the_model_per_session() {
     c.send_text(LONG, true).await.unwrap();
     let mut heard = Heard::default();
     frames_until(&mut c, &mut heard, 2).await;
-    c.send(&ClientMessage::Config { audio_format: None, model: Some("mock".into()) }).await.unwrap();
+    c.send(&ClientMessage::Config { audio_format: None, model: Some("mock".into()), language: None }).await.unwrap();
     read_until(&mut c, &mut heard, Duration::from_secs(5), is_error).await;
     assert!(errors(&heard)[0].1.contains("while speaking"), "{:?}", errors(&heard));
     ack(&mut c, &mut heard, Command::Stop).await;
 
     // A model no worker has: a clear error, and the session goes on.
-    c.send(&ClientMessage::Config { audio_format: None, model: Some("no-such-voice".into()) }).await.unwrap();
+    c.send(&ClientMessage::Config { audio_format: None, model: Some("no-such-voice".into()), language: None })
+        .await
+        .unwrap();
     let heard = speak_or_error(&mut c, "hello").await;
     let errs = errors(&heard);
     assert_eq!(errs.len(), 1, "{:?}", heard.messages);
     assert!(errs[0].1.contains("no-such-voice"), "{}", errs[0].1);
-    c.send(&ClientMessage::Config { audio_format: None, model: Some(String::new()) }).await.unwrap();
+    c.send(&ClientMessage::Config { audio_format: None, model: Some(String::new()), language: None }).await.unwrap();
     let back = speak(&mut c, "same words").await;
     assert_eq!(back.frames.len(), normal, "back on the default model");
 }

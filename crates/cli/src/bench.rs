@@ -72,6 +72,11 @@ impl Stack {
     pub fn worker_pid(&self) -> Option<u32> {
         self._children.first().and_then(Child::id)
     }
+
+    /// Process ids, workers first.
+    pub fn pids(&self) -> Vec<u32> {
+        self._children.iter().filter_map(Child::id).collect()
+    }
 }
 
 fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -104,14 +109,17 @@ pub(crate) async fn start_stack(max_sessions: usize, worker_config: Option<&std:
     if let Some(path) = worker_config {
         worker.arg("--config").arg(path);
     }
+    // A static pair: the registry from our own environment must not apply.
     let worker = worker
         .args(["--port", &grpc.to_string()])
+        .env_remove("REDIS_URL")
         .envs(quiet.clone())
         .kill_on_drop(true)
         .spawn()
         .context("starting duplex-worker")?;
     let orchestrator = Process::new(sibling_binary("duplex-orchestrator")?)
         .args(["--port", &ws.to_string(), "--worker", &format!("grpc://127.0.0.1:{grpc}")])
+        .env_remove("REDIS_URL")
         .env("ORCHESTRATOR_HEALTH_PORT", probes.to_string())
         .envs(quiet)
         .kill_on_drop(true)
@@ -130,6 +138,51 @@ pub(crate) async fn start_stack(max_sessions: usize, worker_config: Option<&std:
         url: format!("ws://{addr}/ws"),
         grpc_addr: format!("127.0.0.1:{grpc}"),
     })
+}
+
+/// `workers` worker processes registering in `redis_url` (named
+/// `<prefix>-0`, `-1`, …) and an orchestrator routing through it; ready when
+/// every worker is registered and the orchestrator answers `/ready`.
+pub(crate) async fn start_registry_stack(redis_url: &str, prefix: &str, workers: usize) -> anyhow::Result<Stack> {
+    let quiet = [("LOG_LEVEL", "warn"), ("REDIS_URL", redis_url)].map(|(k, v)| (k.to_string(), v.to_string()));
+    let mut children = Vec::new();
+    for i in 0..workers {
+        let port = free_port()?;
+        let child = Process::new(sibling_binary("duplex-worker")?)
+            .args(["--port", &port.to_string()])
+            .env("WORKER_NAME", format!("{prefix}-{i}"))
+            .env("WORKER_HOST", "127.0.0.1")
+            .envs(quiet.clone())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting duplex-worker")?;
+        children.push(child);
+    }
+    let (ws, probes) = (free_port()?, free_port()?);
+    let orchestrator = Process::new(sibling_binary("duplex-orchestrator")?)
+        .args(["--port", &ws.to_string()])
+        .env("ORCHESTRATOR_HEALTH_PORT", probes.to_string())
+        .envs(quiet)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting duplex-orchestrator")?;
+    children.push(orchestrator);
+    let mut conn = redis::Client::open(redis_url)?.get_multiplexed_async_connection().await?;
+    let addr = format!("127.0.0.1:{ws}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("worker:{prefix}-*")).query_async(&mut conn).await?;
+        if keys.len() == workers && http_status(&addr, "/ready").await == Some(200) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{workers} workers did not register within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Two resyncs, so the orchestrator's view holds them all.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    Ok(Stack { _children: children, url: format!("ws://{addr}/ws"), grpc_addr: String::new() })
 }
 
 async fn next_within(client: &mut Client, until: Instant) -> anyhow::Result<Option<Event>> {

@@ -3,9 +3,15 @@
 //!
 //! - selection from the local view (`duplex_discovery::select` over 50
 //!   registered workers), per call;
+//! - selection as a session open does it: the affinity lookup in Redis
+//!   (`routing:affinity:<session_id>`, a miss and a hit) plus the selection;
 //! - refreshing the view from Redis (SCAN + MGET of those 50 records), per scan;
-//! - dead-worker detection: a worker process is killed (SIGKILL) or frozen
-//!   (SIGSTOP) mid-utterance; time until the client gets WORKER_UNAVAILABLE.
+//! - dead-worker detection with one static worker: a worker process is killed
+//!   (SIGKILL) or frozen (SIGSTOP) mid-utterance; time until the client gets
+//!   WORKER_UNAVAILABLE;
+//! - failover with two registered workers: the session's worker is killed in
+//!   its second sentence; the longest silence the client hears and how much
+//!   audio it hears twice (the cut sentence, said again whole).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -15,7 +21,7 @@ use duplex_discovery::record::Capabilities;
 use duplex_discovery::{Load, ModelEntry, Want, WorkerRecord};
 use duplex_orchestrator::protocol::{AudioFormat, ErrorCode, ServerMessage};
 
-use crate::bench::start_stack;
+use crate::bench::{start_registry_stack, start_stack};
 use crate::client::{Client, Event};
 use crate::stats::Summary;
 
@@ -51,14 +57,46 @@ fn local_selection() -> Summary {
     for i in 0..20_000 {
         let model = format!("voice-{}", i % 8);
         let t = Instant::now();
-        let w =
-            duplex_discovery::select(&workers, &Want { model: Some(&model), language: Some("en-US") }, &ours, &|_| {
-                false
-            });
+        let w = duplex_discovery::select(
+            &workers,
+            &Want { model: Some(&model), language: Some("en-US"), affinity: None },
+            &ours,
+            &|_| false,
+        );
         us.push(t.elapsed().as_secs_f64() * 1e6);
         std::hint::black_box(w.ok());
     }
     Summary::of(&mut us)
+}
+
+/// Affinity lookup (a miss, then a hit) plus selection, per session open.
+async fn routed_selection(redis_url: &str) -> anyhow::Result<(Summary, Summary)> {
+    let workers: Vec<WorkerRecord> = (0..WORKERS).map(record).collect();
+    let affinity = duplex_discovery::Affinity::new(redis_url, Duration::from_secs(60))?;
+    let ours = HashMap::new();
+    let prefix = format!("bench-{}", std::process::id());
+    let (mut miss, mut hit) = (Vec::new(), Vec::new());
+    for i in 0..2_000 {
+        let session = format!("{prefix}-{i}");
+        for times in [&mut miss, &mut hit] {
+            let t = Instant::now();
+            let previous = affinity.get(&session).await;
+            let want = Want { model: Some("voice-3"), language: Some("en-US"), affinity: previous.as_deref() };
+            let w = duplex_discovery::select(&workers, &want, &ours, &|_| false);
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            if let Ok(w) = w {
+                affinity.set(&session, &w.name).await;
+            }
+        }
+    }
+    if hit.len() != miss.len() {
+        anyhow::bail!("Redis did not answer every lookup");
+    }
+    let mut conn = redis::Client::open(redis_url)?.get_multiplexed_async_connection().await?;
+    for i in 0..2_000 {
+        redis::cmd("DEL").arg(duplex_discovery::affinity_key(&format!("{prefix}-{i}"))).exec_async(&mut conn).await?;
+    }
+    Ok((Summary::of(&mut miss), Summary::of(&mut hit)))
 }
 
 async fn view_refresh(redis_url: &str) -> anyhow::Result<Summary> {
@@ -138,10 +176,67 @@ async fn detection(signal: &str) -> anyhow::Result<f64> {
     Ok(waited.as_secs_f64() * 1e3)
 }
 
+/// Speaks `text` on a new session; returns its id, the frames' (text offset,
+/// arrival) and, when `kill_at_offset` is set, kills the session's worker
+/// (found through its affinity record) when that offset is first heard.
+async fn speak(
+    stack: &crate::bench::Stack,
+    redis: &mut redis::aio::MultiplexedConnection,
+    pids: &HashMap<String, u32>,
+    text: &str,
+    kill_at_offset: Option<u64>,
+) -> anyhow::Result<Vec<(u64, Instant)>> {
+    let mut c = Client::connect(&stack.url, AudioFormat::Json).await?;
+    let session = c.session_start().await?;
+    c.send_text(text, true).await?;
+    let mut frames = Vec::new();
+    let mut killed = false;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), c.next()).await?? {
+            Event::Audio { text_offset, at, .. } => {
+                frames.push((text_offset, at));
+                if !killed && Some(text_offset) == kill_at_offset {
+                    let key = duplex_discovery::affinity_key(&session);
+                    let name: String = redis::cmd("GET").arg(&key).query_async(redis).await?;
+                    let pid = pids.get(&name).context("the session's worker is ours")?;
+                    std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
+                    killed = true;
+                }
+            }
+            Event::Message { message: ServerMessage::UtteranceEnd { .. }, .. } => return Ok(frames),
+            Event::Message { message: ServerMessage::Error { message, .. }, .. } => anyhow::bail!("{message}"),
+            Event::Closed(_) => anyhow::bail!("session closed"),
+            _ => {}
+        }
+    }
+}
+
+/// Longest silence (ms) and audio heard twice (ms) when the session's worker
+/// is killed in the second sentence, one run on a fresh pair of workers.
+async fn failover(redis_url: &str, run: usize) -> anyhow::Result<(f64, f64)> {
+    const TEXT: &str = "The first sentence is short. The second one is where the worker dies. \
+                        A third follows it. And a fourth ends the test.";
+    let prefix = format!("bench-failover-{}-{run}", std::process::id());
+    let stack = start_registry_stack(redis_url, &prefix, 2).await?;
+    let pids: HashMap<String, u32> =
+        stack.pids().into_iter().take(2).enumerate().map(|(i, p)| (format!("{prefix}-{i}"), p)).collect();
+    let mut redis = redis::Client::open(redis_url)?.get_multiplexed_async_connection().await?;
+    let clean = speak(&stack, &mut redis, &pids, TEXT, None).await?;
+    let second = TEXT.find(". ").map(|i| (i + 2) as u64).context("two sentences")?;
+    let cut = speak(&stack, &mut redis, &pids, TEXT, Some(second)).await?;
+    let gap = cut.windows(2).map(|w| w[1].1 - w[0].1).max().unwrap_or_default();
+    let twice = cut.len() as f64 - clean.len() as f64;
+    let frame_ms = duplex_audio::FRAME_MS as f64;
+    Ok((gap.as_secs_f64() * 1e3, twice * frame_ms))
+}
+
 pub async fn run(redis_url: &str) -> anyhow::Result<()> {
     println!("duplex bench-routing: {WORKERS} registered workers; times per call");
     let local = local_selection();
     println!("selection from the local view (µs):   {local}");
+    let (miss, hit) = routed_selection(redis_url).await?;
+    println!("affinity lookup + selection, miss (ms): {miss}");
+    println!("affinity lookup + selection, hit (ms):  {hit}");
     let refresh = view_refresh(redis_url).await?;
     println!("view refresh, SCAN + MGET (ms):        {refresh}");
     let killed = detection("-KILL").await?;
@@ -151,5 +246,13 @@ pub async fn run(redis_url: &str) -> anyhow::Result<()> {
         "silent worker (SIGSTOP) noticed after: {frozen:.0} ms (stall timeout {} ms after the queued audio)",
         duplex_orchestrator::Config::default().routing.stall_timeout_ms
     );
+    let (mut gaps, mut twice) = (Vec::new(), Vec::new());
+    for run in 0..3 {
+        let (gap, again) = failover(redis_url, run).await?;
+        gaps.push(gap);
+        twice.push(again);
+    }
+    println!("failover, longest silence (ms):        {}", Summary::of(&mut gaps));
+    println!("failover, audio heard twice (ms):      {}", Summary::of(&mut twice));
     Ok(())
 }

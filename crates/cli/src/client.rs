@@ -17,6 +17,9 @@ pub enum Event {
         utterance_id: u64,
         sequence: u64,
         pcm: Vec<u8>,
+        /// Where the sentence this frame speaks begins in the utterance's
+        /// text (JSON audio only; 0 in binary frames).
+        text_offset: u64,
         at: Instant,
     },
     Message {
@@ -92,11 +95,11 @@ impl Client {
                 Message::Text(t) => {
                     let message: ServerMessage =
                         serde_json::from_str(t.as_str()).map_err(|e| ClientError::Protocol(format!("{e}: {t}")))?;
-                    if let ServerMessage::Audio { pcm, sequence, utterance_id, .. } = message {
+                    if let ServerMessage::Audio { pcm, sequence, utterance_id, text_offset, .. } = message {
                         let pcm = base64::engine::general_purpose::STANDARD
                             .decode(pcm)
                             .map_err(|e| ClientError::Protocol(format!("audio is not base64: {e}")))?;
-                        return Ok(Event::Audio { utterance_id, sequence, pcm, at });
+                        return Ok(Event::Audio { utterance_id, sequence, pcm, text_offset, at });
                     }
                     return Ok(Event::Message { message, at });
                 }
@@ -107,6 +110,7 @@ impl Client {
                         utterance_id: h.utterance_id as u64,
                         sequence: h.sequence,
                         pcm: pcm.to_vec(),
+                        text_offset: 0,
                         at,
                     });
                 }

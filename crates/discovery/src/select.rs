@@ -12,6 +12,9 @@ pub struct Want<'a> {
     pub model: Option<&'a str>,
     /// BCP-47 language; `None` = any.
     pub language: Option<&'a str>,
+    /// The worker this session used before (its affinity record): chosen
+    /// again if it can still serve, whatever the load.
+    pub affinity: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -40,13 +43,26 @@ fn offers(w: &WorkerRecord, want: &Want) -> (bool, bool) {
     }
 }
 
-fn speaks(w: &WorkerRecord, language: Option<&str>) -> bool {
-    language.is_none_or(|l| w.capabilities.languages.iter().any(|have| l.starts_with(have.as_str())))
+/// Whether `w` has `model` loaded now (`None`: its default, always loaded).
+pub fn is_resident(w: &WorkerRecord, model: Option<&str>) -> bool {
+    offers(w, &Want { model, ..Want::default() }).1
+}
+
+/// The model's own languages when the record lists them, else the worker's.
+fn speaks(w: &WorkerRecord, want: &Want) -> bool {
+    let Some(l) = want.language else { return true };
+    let model_languages = want
+        .model
+        .and_then(|m| w.models.iter().find(|e| e.model_id == m))
+        .map(|e| &e.languages)
+        .filter(|langs| !langs.is_empty());
+    let languages = model_languages.unwrap_or(&w.capabilities.languages);
+    languages.iter().any(|have| l.starts_with(have.as_str()))
 }
 
 /// Picks the worker for `want`: it must offer the model and speak the
-/// language; among those, one with the model resident wins, then the least
-/// loaded by `max(reported, ours) / capacity`. `ours` counts this process's
+/// language; among those, the session's affinity worker wins, then one with
+/// the model resident, then the least loaded by `max(reported, ours) / capacity`. `ours` counts this process's
 /// sessions per worker name (fresher than a heartbeat); `down` lists workers
 /// to skip.
 pub fn select<'a>(
@@ -62,7 +78,7 @@ pub fn select<'a>(
     if with_model.is_empty() {
         return Err(NoWorker::NoModel(want.model.unwrap_or_default().to_string()));
     }
-    let speaking: Vec<&WorkerRecord> = with_model.into_iter().filter(|w| speaks(w, want.language)).collect();
+    let speaking: Vec<&WorkerRecord> = with_model.into_iter().filter(|w| speaks(w, want)).collect();
     if speaking.is_empty() {
         return Err(NoWorker::NoLanguage(want.language.unwrap_or_default().to_string()));
     }
@@ -71,12 +87,13 @@ pub fn select<'a>(
         let capacity = w.load.capacity.max(w.capabilities.max_concurrent_sessions).max(1);
         (active as f64 / capacity as f64, active >= capacity)
     };
+    let sticky = |w: &WorkerRecord| want.affinity == Some(w.name.as_str());
     speaking
         .into_iter()
         .filter(|w| !down(w) && !load(w).1)
         .min_by(|a, b| {
             let (ra, rb) = (offers(a, want).1, offers(b, want).1);
-            rb.cmp(&ra).then(load(a).0.total_cmp(&load(b).0)).then(a.name.cmp(&b.name))
+            sticky(b).cmp(&sticky(a)).then(rb.cmp(&ra)).then(load(a).0.total_cmp(&load(b).0)).then(a.name.cmp(&b.name))
         })
         .ok_or(NoWorker::AllBusy)
 }
@@ -113,7 +130,8 @@ mod tests {
     }
 
     fn pick<'a>(ws: &'a [WorkerRecord], model: Option<&str>, lang: Option<&str>) -> Result<&'a str, NoWorker> {
-        select(ws, &Want { model, language: lang }, &HashMap::new(), &|_| false).map(|w| w.name.as_str())
+        select(ws, &Want { model, language: lang, affinity: None }, &HashMap::new(), &|_| false)
+            .map(|w| w.name.as_str())
     }
 
     #[test]
@@ -135,11 +153,37 @@ mod tests {
     fn our_own_sessions_spread_load_and_down_or_full_workers_are_skipped() {
         let ws = vec![worker("a", &[("m", true)], &["en"], 0), worker("b", &[("m", true)], &["en"], 0)];
         let ours: HashMap<String, u32> = [("a".to_string(), 2)].into();
-        let w = select(&ws, &Want { model: Some("m"), language: None }, &ours, &|_| false).unwrap();
+        let w = select(&ws, &Want { model: Some("m"), ..Want::default() }, &ours, &|_| false).unwrap();
         assert_eq!(w.name, "b", "a already has two of our sessions");
         let w = select(&ws, &Want::default(), &HashMap::new(), &|w| w.name == "a").unwrap();
         assert_eq!(w.name, "b");
         let full = vec![worker("a", &[("m", true)], &["en"], 10)];
         assert_eq!(select(&full, &Want::default(), &HashMap::new(), &|_| false), Err(NoWorker::AllBusy));
+    }
+
+    #[test]
+    fn affinity_wins_while_its_worker_can_serve() {
+        let ws = vec![
+            worker("a", &[("m", true)], &["en"], 0),
+            worker("b", &[("m", false)], &["en"], 9),
+            worker("c", &[("m", true)], &["en"], 10),
+        ];
+        let want = |affinity| Want { model: Some("m"), language: None, affinity };
+        let none = HashMap::new();
+        assert_eq!(select(&ws, &want(Some("b")), &none, &|_| false).unwrap().name, "b", "over load and residency");
+        assert_eq!(select(&ws, &want(Some("b")), &none, &|w| w.name == "b").unwrap().name, "a", "not when down");
+        assert_eq!(select(&ws, &want(Some("c")), &none, &|_| false).unwrap().name, "a", "not when full");
+        assert_eq!(select(&ws, &want(Some("gone")), &none, &|_| false).unwrap().name, "a");
+    }
+
+    #[test]
+    fn a_models_own_languages_come_before_the_workers() {
+        let mut w = worker("a", &[("fr_voice", true), ("en_voice", true)], &["en", "fr"], 0);
+        w.models[0].languages = vec!["fr".into()];
+        let ws = vec![w];
+        assert_eq!(pick(&ws, Some("fr_voice"), Some("fr-FR")), Ok("a"));
+        assert_eq!(pick(&ws, Some("fr_voice"), Some("en")), Err(NoWorker::NoLanguage("en".into())));
+        assert_eq!(pick(&ws, Some("en_voice"), Some("en")), Ok("a"), "no model languages: the worker's");
+        assert!(is_resident(&ws[0], Some("en_voice")) && is_resident(&ws[0], None));
     }
 }

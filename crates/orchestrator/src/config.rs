@@ -58,6 +58,14 @@ pub struct Routing {
     pub session_start_timeout_ms: u64,
     /// No frame for this long while an utterance is playing = worker unavailable.
     pub stall_timeout_ms: u64,
+    /// How long `routing:affinity:<session_id>` outlives a session's last
+    /// stream: a client reconnecting with its session id within it returns
+    /// to the same worker.
+    pub affinity_ttl_ms: u64,
+    /// Times one utterance moves to another worker after its worker fails
+    /// mid-utterance (resuming from the first sentence not yet heard); past
+    /// it the utterance ends with WORKER_UNAVAILABLE. 0 = no failover.
+    pub max_failovers: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +78,9 @@ pub struct SessionLimits {
     pub max_duration_ms: u64,
     /// Characters in one text message.
     pub max_text_chars: usize,
+    /// Characters in one utterance (all its messages): kept until it is
+    /// spoken so it can resume on another worker.
+    pub max_utterance_chars: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,13 +133,21 @@ impl Default for Routing {
             connect_timeout_ms: 2_000,
             session_start_timeout_ms: 15_000,
             stall_timeout_ms: 5_000,
+            affinity_ttl_ms: 600_000,
+            max_failovers: 2,
         }
     }
 }
 
 impl Default for SessionLimits {
     fn default() -> Self {
-        Self { max_sessions: 1_000, idle_timeout_ms: 300_000, max_duration_ms: 3_600_000, max_text_chars: 5_000 }
+        Self {
+            max_sessions: 1_000,
+            idle_timeout_ms: 300_000,
+            max_duration_ms: 3_600_000,
+            max_text_chars: 5_000,
+            max_utterance_chars: 10_000,
+        }
     }
 }
 
@@ -198,11 +217,16 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         worker_uri(&self.routing.static_worker_addr)?;
         let s = &self.session;
-        if s.max_sessions == 0 || s.idle_timeout_ms == 0 || s.max_duration_ms == 0 || s.max_text_chars == 0 {
+        if s.max_sessions == 0
+            || s.idle_timeout_ms == 0
+            || s.max_duration_ms == 0
+            || s.max_text_chars == 0
+            || s.max_utterance_chars == 0
+        {
             return Err(ConfigError::Invalid("session: every limit must be > 0".into()));
         }
-        if !self.routing.redis_url.is_empty() && self.routing.resync_ms == 0 {
-            return Err(ConfigError::Invalid("routing.resync_ms must be > 0".into()));
+        if !self.routing.redis_url.is_empty() && (self.routing.resync_ms == 0 || self.routing.affinity_ttl_ms == 0) {
+            return Err(ConfigError::Invalid("routing.resync_ms and routing.affinity_ttl_ms must be > 0".into()));
         }
         if self.playout.queue_frames == 0 {
             return Err(ConfigError::Invalid("playout.queue_frames must be > 0".into()));

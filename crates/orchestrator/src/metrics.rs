@@ -17,6 +17,8 @@ pub struct Metrics {
     pub first_audio: Histogram,
     /// Control message received → applied (playout halted / flushed).
     pub control: HistogramVec,
+    /// Sessions whose unfinished text moved to another worker.
+    pub failovers: IntCounter,
 }
 
 fn seconds_buckets() -> Vec<f64> {
@@ -46,6 +48,11 @@ impl Metrics {
             &["command"],
         )
         .expect("metric");
+        let failovers = IntCounter::new(
+            "failovers_total",
+            "Times a session's unfinished utterances moved to another worker after its worker failed",
+        )
+        .expect("metric");
         for c in [
             Box::new(sessions_active.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(sessions_total.clone()),
@@ -55,6 +62,7 @@ impl Metrics {
             Box::new(errors.clone()),
             Box::new(first_audio.clone()),
             Box::new(control.clone()),
+            Box::new(failovers.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -68,6 +76,7 @@ impl Metrics {
             errors,
             first_audio,
             control,
+            failovers,
         }
     }
 

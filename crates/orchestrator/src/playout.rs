@@ -14,8 +14,9 @@ use crate::protocol::EndReason;
 /// One entry of the playout queue.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entry {
-    /// 20 ms of audio.
-    Audio { utterance_id: u64, pcm: Vec<u8>, last: bool },
+    /// 20 ms of audio; `text_offset` is where the sentence it speaks begins
+    /// in the utterance's text (characters).
+    Audio { utterance_id: u64, pcm: Vec<u8>, last: bool, text_offset: usize },
     /// The utterance's end; released as soon as the audio before it is sent.
     End { utterance_id: u64, reason: EndReason, error: Option<String> },
 }
@@ -124,6 +125,17 @@ impl Playout {
         before - self.queue.iter().filter(|e| matches!(e, Entry::Audio { .. })).count()
     }
 
+    /// Drops the queued audio of `utterance_id` that speaks text from
+    /// `text_offset` on (a worker failed there; another says it again).
+    /// Returns how many frames went.
+    pub fn discard_from(&mut self, utterance_id: u64, text_offset: usize) -> usize {
+        let before = self.queue.len();
+        self.queue.retain(|e| {
+            !matches!(e, Entry::Audio { utterance_id: u, text_offset: at, .. } if *u == utterance_id && *at >= text_offset)
+        });
+        before - self.queue.len()
+    }
+
     /// Audio buffered ahead of the client, as a duration (for logs and metrics).
     pub fn buffered(&self) -> Duration {
         FRAME_DURATION * self.queue.iter().filter(|e| matches!(e, Entry::Audio { .. })).count() as u32
@@ -135,7 +147,11 @@ mod tests {
     use super::*;
 
     fn audio(u: u64) -> Entry {
-        Entry::Audio { utterance_id: u, pcm: vec![0; 4], last: false }
+        at(u, 0)
+    }
+
+    fn at(u: u64, text_offset: usize) -> Entry {
+        Entry::Audio { utterance_id: u, pcm: vec![0; 4], last: false, text_offset }
     }
 
     fn drain_at(p: &mut Playout, now: Instant) -> usize {
@@ -202,6 +218,19 @@ mod tests {
         assert!(matches!(p.pop_due(t0), Some(Entry::Audio { utterance_id: 2, .. })));
         // The End needs no air time: it is due as soon as the audio before it went.
         assert!(matches!(p.pop_due(t0), Some(Entry::End { utterance_id: 2, .. })));
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn discard_from_drops_one_utterances_audio_from_a_sentence_on() {
+        let mut p = Playout::new(100, 0);
+        for e in [at(1, 0), at(1, 12), at(1, 12), at(2, 0), at(1, 30)] {
+            p.push(e);
+        }
+        assert_eq!(p.discard_from(1, 12), 3);
+        let t0 = Instant::now();
+        assert_eq!(p.pop_due(t0), Some(at(1, 0)));
+        assert_eq!(p.pop_due(t0 + FRAME_DURATION), Some(at(2, 0)));
         assert!(p.is_empty());
     }
 }

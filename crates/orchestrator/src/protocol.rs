@@ -56,6 +56,10 @@ pub enum ClientMessage {
         /// TTS model (voice) for this session; `""` = the server's default.
         #[serde(default)]
         model: Option<String>,
+        /// BCP-47 language of the text (`en-US`, `fr`); routes to a worker
+        /// whose model speaks it. `""` = any.
+        #[serde(default)]
+        language: Option<String>,
     },
     Ping {
         #[serde(default)]
@@ -130,6 +134,10 @@ pub enum ServerMessage {
         frame_ms: u32,
         sequence: u64,
         utterance_id: u64,
+        /// Where the sentence this frame speaks begins in the utterance's
+        /// text, in characters (for captions; 0 from workers that do not say).
+        #[serde(default)]
+        text_offset: u64,
     },
     /// The last audio of an utterance has been sent (or it was stopped or failed).
     UtteranceEnd {
@@ -146,6 +154,8 @@ pub enum ServerMessage {
         audio_format: AudioFormat,
         #[serde(skip_serializing_if = "Option::is_none")]
         model: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        language: Option<String>,
     },
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -304,6 +314,7 @@ mod tests {
                 frame_ms: 20,
                 sequence: 3,
                 utterance_id: 1,
+                text_offset: 0,
             }
             .to_json(),
         )

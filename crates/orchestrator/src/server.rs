@@ -2,8 +2,9 @@
 //! `/ready`, `/metrics`, an optional second listener for the probes, and
 //! graceful shutdown.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -27,6 +28,8 @@ use crate::worker::WorkerPool;
 /// Messages larger than the configured limit are answered with INVALID_MESSAGE
 /// up to this multiple of it; beyond, the socket closes (1009) before buffering more.
 const HARD_MESSAGE_LIMIT_FACTOR: usize = 16;
+/// Longest session id a reconnecting client may name.
+const MAX_SESSION_ID_BYTES: usize = 64;
 /// How long sessions get to say goodbye on shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -41,6 +44,45 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Background work (EndSession calls) awaited on shutdown.
     pub tasks: TaskTracker,
+    /// Ids of the sessions open now (a reconnect may not take a live one).
+    pub live: Arc<Mutex<HashSet<String>>>,
+}
+
+/// A session id held while its session runs; dropping it frees the id.
+#[derive(Debug)]
+pub struct LiveId {
+    id: String,
+    live: Arc<Mutex<HashSet<String>>>,
+}
+
+impl LiveId {
+    /// `None` when a session with this id is open now.
+    fn claim(live: &Arc<Mutex<HashSet<String>>>, id: String) -> Option<Self> {
+        live.lock().expect("live ids lock").insert(id.clone()).then(|| Self { id, live: live.clone() })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.id
+    }
+}
+
+impl std::fmt::Display for LiveId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.id)
+    }
+}
+
+impl Drop for LiveId {
+    fn drop(&mut self) {
+        self.live.lock().expect("live ids lock").remove(&self.id);
+    }
+}
+
+/// A session id a client may bring back: what `session_start` gave it (a
+/// UUID) or its own of the same alphabet.
+fn valid_session_id(id: &str) -> bool {
+    (1..=MAX_SESSION_ID_BYTES).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +99,10 @@ pub enum ServeError {
 struct ConnectParams {
     #[serde(default)]
     audio_format: Option<AudioFormat>,
+    /// Reconnect: the id `session_start` gave an earlier connection; the
+    /// session is routed to the worker that one used (its affinity record).
+    #[serde(default)]
+    session_id: Option<String>,
 }
 
 /// The demo page: type text, hear it, pause/resume/stop (served at `/`).
@@ -72,10 +118,21 @@ async fn websocket(
     };
     let hard_limit = state.config.transport.websocket.max_message_bytes * HARD_MESSAGE_LIMIT_FACTOR;
     let format = params.audio_format.unwrap_or_default();
+    let id = match params.session_id {
+        Some(id) if !valid_session_id(&id) => {
+            let msg = format!("session_id must be 1-{MAX_SESSION_ID_BYTES} characters of A-Z a-z 0-9 - _");
+            return (StatusCode::BAD_REQUEST, msg).into_response();
+        }
+        Some(id) => id,
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    let Some(id) = LiveId::claim(&state.live, id) else {
+        return (StatusCode::CONFLICT, "that session is connected now").into_response();
+    };
     upgrade
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| crate::session::run(socket, state, format))
+        .on_upgrade(move |socket| crate::session::run(socket, state, format, id))
 }
 
 async fn health() -> &'static str {
@@ -143,6 +200,7 @@ pub async fn serve(
         config,
         metrics: Metrics::new(),
         shutdown: shutdown.clone(),
+        live: Arc::default(),
         tasks: TaskTracker::new(),
     });
     let app =

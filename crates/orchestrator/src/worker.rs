@@ -7,10 +7,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use duplex_discovery::{View, Want, WorkerRecord};
+use duplex_discovery::{Affinity, View, Want, WorkerRecord};
 use duplex_proto::TtsServiceClient;
 use duplex_proto::tts::{
-    AudioFrame, ControlCommand, ControlRequest, EndSessionRequest, StartSessionRequest, TextChunk,
+    AudioFrame, ControlCommand, ControlRequest, EndSessionRequest, LoadModelRequest, StartSessionRequest, TextChunk,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -44,6 +44,15 @@ pub enum WorkerError {
     NoWorker(#[from] duplex_discovery::NoWorker),
 }
 
+/// What a session asks of its worker.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Route {
+    /// `None` = `routing.default_model`.
+    pub model: Option<String>,
+    /// BCP-47 tag; `None` = any.
+    pub language: Option<String>,
+}
+
 /// One worker a session talks to.
 #[derive(Debug, Clone)]
 pub struct WorkerRef {
@@ -65,6 +74,7 @@ enum Source {
         down: Mutex<HashMap<String, f64>>,
         /// This process's open streams per worker (fresher than heartbeats).
         ours: Arc<Mutex<HashMap<String, u32>>>,
+        affinity: Arc<Affinity>,
         _stop: tokio_util::sync::DropGuard,
     },
 }
@@ -117,12 +127,15 @@ impl WorkerPool {
             let unhealthy: Arc<Mutex<HashSet<String>>> = Arc::default();
             let health = check_health(view.clone(), channels.clone(), unhealthy.clone(), every, timeout, stop.clone());
             tokio::spawn(health);
+            let affinity = Affinity::new(&routing.redis_url, Duration::from_millis(routing.affinity_ttl_ms))
+                .map_err(|e| ConfigError::Invalid(format!("routing.redis_url {:?}: {e}", routing.redis_url)))?;
             Source::Registry {
                 view,
                 channels,
                 unhealthy,
                 down: Mutex::default(),
                 ours: Arc::default(),
+                affinity: Arc::new(affinity),
                 _stop: stop.drop_guard(),
             }
         };
@@ -132,6 +145,12 @@ impl WorkerPool {
             start_timeout: Duration::from_millis(routing.session_start_timeout_ms),
             default_model: routing.default_model.clone(),
         })
+    }
+
+    /// Whether a failed worker's sessions can move to another one: with the
+    /// registry; a static address has no other to go to.
+    pub fn fails_over(&self) -> bool {
+        matches!(self.source, Source::Registry { .. })
     }
 
     /// For logs: the static address or "redis registry".
@@ -191,13 +210,14 @@ impl WorkerPool {
         }
     }
 
-    /// The worker a new stream should go to.
-    fn choose(&self, model: &str) -> Result<WorkerRef, WorkerError> {
+    /// The worker a new stream should go to, and whether it must load the
+    /// model first.
+    fn choose(&self, route: &Route, affinity: Option<&str>) -> Result<(WorkerRef, bool), WorkerError> {
         match &self.source {
-            Source::Static(w) => Ok(w.clone()),
+            Source::Static(w) => Ok((w.clone(), false)),
             Source::Registry { view, channels, unhealthy, down, ours, .. } => {
                 let workers = view.workers();
-                let model = (!model.is_empty()).then_some(model);
+                let model = route.model.as_deref().or(Some(self.default_model.as_str())).filter(|m| !m.is_empty());
                 let ours_now = ours.lock().expect("pool lock").clone();
                 let down_now = down.lock().expect("pool lock").clone();
                 let unhealthy_now = unhealthy.lock().expect("pool lock").clone();
@@ -205,11 +225,12 @@ impl WorkerPool {
                     unhealthy_now.contains(&w.name)
                         || down_now.get(&w.name).is_some_and(|at| w.last_heartbeat_ts <= *at)
                 };
-                let w: &WorkerRecord =
-                    duplex_discovery::select(&workers, &Want { model, language: None }, &ours_now, &is_down)?;
+                let want = Want { model, language: route.language.as_deref(), affinity };
+                let w: &WorkerRecord = duplex_discovery::select(&workers, &want, &ours_now, &is_down)?;
                 let channel =
                     channel_for(channels, &w.addr, self.timeout).map_err(|e| WorkerError::Refused(e.to_string()))?;
-                Ok(WorkerRef { name: w.name.clone(), addr: w.addr.clone(), channel })
+                let load = !duplex_discovery::is_resident(w, model);
+                Ok((WorkerRef { name: w.name.clone(), addr: w.addr.clone(), channel }, load))
             }
         }
     }
@@ -222,27 +243,48 @@ impl WorkerPool {
         }
     }
 
-    /// Chooses a worker, starts the session there and opens its Synthesize
-    /// stream with `first` as the first chunk.
-    /// `model` overrides `routing.default_model` for this session.
-    pub async fn open(
-        &self,
-        session_id: &str,
-        first: TextChunk,
-        model: Option<&str>,
-    ) -> Result<WorkerStream, WorkerError> {
-        let model = model.unwrap_or(&self.default_model);
-        let worker = self.choose(model)?;
-        let result = self.open_on(&worker, session_id, first, model).await;
+    /// Chooses a worker (the session's affinity worker when it can serve),
+    /// has it load the model when it is not resident, starts the session
+    /// there and opens its Synthesize stream with `first` as the first chunk.
+    pub async fn open(&self, session_id: &str, first: TextChunk, route: &Route) -> Result<WorkerStream, WorkerError> {
+        let previous = match &self.source {
+            Source::Registry { affinity, .. } => affinity.get(session_id).await,
+            Source::Static(_) => None,
+        };
+        let (worker, load) = self.choose(route, previous.as_deref())?;
+        let model = route.model.as_deref().unwrap_or(&self.default_model);
+        let result = async {
+            if load {
+                self.load_model(&worker, model).await?;
+            }
+            self.open_on(&worker, session_id, first, model, route.language.as_deref()).await
+        }
+        .await;
         if matches!(result, Err(WorkerError::Unreachable { .. } | WorkerError::Timeout { .. })) {
             self.mark_down(&worker);
         }
         let (text_tx, frames) = result?;
         let lease = match &self.source {
-            Source::Registry { ours, .. } => Some(Lease::take(ours.clone(), worker.name.clone())),
+            Source::Registry { ours, affinity, .. } => {
+                // Written (or its TTL refreshed) on every open; bounded by the
+                // record's own timeout, and the stream does not wait for it.
+                let (records, id, name) = (affinity.clone(), session_id.to_string(), worker.name.clone());
+                tokio::spawn(async move { records.set(&id, &name).await });
+                Some(Lease::take(ours.clone(), worker.name.clone()))
+            }
             Source::Static(_) => None,
         };
         Ok(WorkerStream { text_tx, frames, worker, _lease: lease })
+    }
+
+    /// Asks `worker` to load `model` and waits for it (bounded like a session start).
+    async fn load_model(&self, worker: &WorkerRef, model: &str) -> Result<(), WorkerError> {
+        let started = std::time::Instant::now();
+        let mut client = TtsServiceClient::new(worker.channel.clone());
+        let req = LoadModelRequest { model_id: model.to_string(), preload_only: false };
+        self.within(&worker.addr, self.start_timeout, client.load_model(req)).await?;
+        tracing::info!(worker = %worker.name, model, took_ms = started.elapsed().as_millis() as u64, "model loaded for routing");
+        Ok(())
     }
 
     async fn open_on(
@@ -251,11 +293,13 @@ impl WorkerPool {
         session_id: &str,
         first: TextChunk,
         model: &str,
+        language: Option<&str>,
     ) -> Result<(mpsc::Sender<TextChunk>, Streaming<AudioFrame>), WorkerError> {
         let mut client = TtsServiceClient::new(worker.channel.clone());
         let req = StartSessionRequest {
             session_id: session_id.to_string(),
             model_id: model.to_string(),
+            language: language.unwrap_or_default().to_string(),
             sample_rate_hz: duplex_audio::SAMPLE_RATE_HZ as i32,
             ..Default::default()
         };

@@ -189,6 +189,7 @@ impl PiperEngine {
             sid: if self.has_sid { sid } else { None },
             scales: [noise, length / params.speed, noise_w],
             segmenter: Segmenter::new(),
+            announced: None,
             text_done: false,
             silence: self.silence,
             gap_before_next: 0,
@@ -217,6 +218,8 @@ struct PiperSynthesis {
     sid: Option<i64>,
     scales: [f32; 3],
     segmenter: Segmenter,
+    /// Start of the last chunk announced with `Step::Speaking`.
+    announced: Option<usize>,
     text_done: bool,
     silence: usize,
     /// Silence owed before the next chunk (after a sentence end).
@@ -317,6 +320,13 @@ impl Synthesis for PiperSynthesis {
         let Some(mut chunk) = next else {
             return Ok(if self.text_done { Step::Done } else { Step::NeedText });
         };
+        if self.announced != Some(chunk.start_char) {
+            // Say where this chunk starts before its audio (a step of its own).
+            self.announced = Some(chunk.start_char);
+            let text_offset = chunk.start_char;
+            self.pending = Some(chunk);
+            return Ok(Step::Speaking { text_offset });
+        }
         // Under time pressure, say less now and the rest next step.
         let cost = self.cost_per_char_us.load(std::sync::atomic::Ordering::Relaxed);
         if cost > 0 && slack != std::time::Duration::MAX {
@@ -330,8 +340,14 @@ impl Synthesis for PiperSynthesis {
                 && cut > 0
             {
                 let rest = chunk.text[cut + 1..].to_string();
-                self.pending = Some(duplex_tts::text::Chunk { text: rest, ends_sentence: chunk.ends_sentence });
-                chunk = duplex_tts::text::Chunk { text: chunk.text[..cut].to_string(), ends_sentence: false };
+                let start_char = chunk.start_char + chunk.text[..=cut].chars().count();
+                self.pending =
+                    Some(duplex_tts::text::Chunk { text: rest, ends_sentence: chunk.ends_sentence, start_char });
+                chunk = duplex_tts::text::Chunk {
+                    text: chunk.text[..cut].to_string(),
+                    ends_sentence: false,
+                    start_char: chunk.start_char,
+                };
             }
         }
         let started = Instant::now();

@@ -35,6 +35,10 @@ impl Default for SynthesisParams {
 pub enum Step {
     /// Newly synthesized samples at the engine's rate, in -1.0..=1.0.
     Audio(Vec<f32>),
+    /// The audio that follows speaks the text from this character on (counted
+    /// over everything pushed). Engines say it at each sentence or clause they
+    /// start, so a cut-off utterance can be resumed there on another worker.
+    Speaking { text_offset: usize },
     /// Everything pushed so far is spoken; more text may follow.
     NeedText,
     /// Nothing to do before this instant (the host parks until then).
@@ -67,7 +71,7 @@ pub trait Engine: Send {
             match s.step(Instant::now())? {
                 Step::Done => return Ok(()),
                 Step::NotBefore(t) => std::thread::sleep(t.saturating_duration_since(Instant::now())),
-                Step::Audio(_) | Step::NeedText => {}
+                Step::Audio(_) | Step::Speaking { .. } | Step::NeedText => {}
             }
             if Instant::now() > deadline {
                 return Err(EngineError::Failed("warm-up did not finish in 30 s".into()));

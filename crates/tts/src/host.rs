@@ -37,6 +37,8 @@ const MAX_PARK: Duration = Duration::from_secs(1);
 pub enum JobEvent {
     /// One full 20 ms / 48 kHz s16le frame.
     Frame(Vec<u8>),
+    /// Frames from here on speak the utterance text from this character on.
+    Speaking { text_offset: usize },
     /// The job is over; `last` is the final partial frame, zero-padded.
     End { last: Option<Vec<u8>>, outcome: Outcome },
 }
@@ -408,6 +410,11 @@ impl Running {
                 self.produced_audio |= !samples.is_empty();
                 let wire = self.resampler.push(&samples);
                 self.push_frames(&wire, now);
+            }
+            Ok(Step::Speaking { text_offset }) => {
+                // Frames still in the framer go out after this mark and count
+                // as the new text: at most one frame of the previous chunk's tail.
+                self.queue.push([JobEvent::Speaking { text_offset }]);
             }
             Ok(Step::NeedText) => self.needs_text = true,
             Ok(Step::NotBefore(at)) => self.not_before = Some(at),

@@ -16,6 +16,7 @@ async fn collect(job: &mut Job) -> (usize, JobEvent) {
                 assert_eq!(f.len(), duplex_audio::FRAME_BYTES);
                 frames += 1;
             }
+            JobEvent::Speaking { .. } => {}
             end => return (frames, end),
         }
     }
@@ -27,6 +28,8 @@ async fn streams_frames_then_one_end() {
     let mut job = h.start_job(SynthesisParams::default()).await.unwrap();
     job.handle().push_text("Hi there.".into()).await.unwrap();
     job.handle().finish().await.unwrap();
+    let first = job.next().await;
+    assert_eq!(first, Some(JobEvent::Speaking { text_offset: 0 }), "the text offset comes before the audio");
     let (frames, end) = collect(&mut job).await;
     // 7 letters + space/2 + stop*4 = 11.5 chars * 75 ms = 862.5 ms -> 43 frames + a partial.
     assert_eq!(frames, 43);
@@ -62,6 +65,7 @@ async fn paused_job_makes_no_progress_and_cancel_frees_lane() {
     let waited = tokio::time::timeout(Duration::from_millis(100), job.next()).await;
     assert!(waited.is_err(), "no frame while paused");
     job.handle().set_paused(false);
+    assert_eq!(job.next().await, Some(JobEvent::Speaking { text_offset: 0 }));
     assert!(matches!(job.next().await, Some(JobEvent::Frame(_))));
     job.handle().cancel();
     drop(job);

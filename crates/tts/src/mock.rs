@@ -8,7 +8,7 @@
 //! the same samples. `first_audio_latency_ms` and `realtime_factor` make it
 //! behave like a slow model when a test or benchmark needs one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -114,6 +114,9 @@ impl Engine for MockEngine {
             word_pos: 0,
             phase: 0.0,
             text_done: false,
+            chars_pushed: 0,
+            boundary: Boundary::Start,
+            marks: VecDeque::new(),
         }))
     }
 }
@@ -147,6 +150,22 @@ struct MockSynthesis {
     word_pos: usize,
     phase: f32,
     text_done: bool,
+    /// Characters pushed so far.
+    chars_pushed: usize,
+    boundary: Boundary,
+    /// Segment indexes where a sentence or clause starts, with the text offset
+    /// of its first character (said as `Step::Speaking` before its audio).
+    marks: VecDeque<(usize, usize)>,
+}
+
+/// Where the next letter stands relative to sentence and clause ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Boundary {
+    /// It starts a sentence or clause.
+    Start,
+    /// Punctuation came; a blank next makes the letter after it a start.
+    Punctuation,
+    Inside,
 }
 
 impl MockSynthesis {
@@ -193,6 +212,17 @@ impl MockSynthesis {
 impl Synthesis for MockSynthesis {
     fn push_text(&mut self, text: &str) {
         for c in text.chars() {
+            if c.is_alphanumeric() && self.boundary == Boundary::Start {
+                self.marks.push_back((self.segments.len(), self.chars_pushed));
+            }
+            self.boundary = match c {
+                '.' | '!' | '?' | ',' | ';' | ':' => Boundary::Punctuation,
+                '\n' => Boundary::Start,
+                c if c.is_whitespace() && self.boundary != Boundary::Inside => Boundary::Start,
+                _ if c.is_alphanumeric() => Boundary::Inside,
+                _ => self.boundary,
+            };
+            self.chars_pushed += 1;
             if let Some(seg) = self.segment_for(c) {
                 self.segments.push(seg);
             }
@@ -210,6 +240,13 @@ impl Synthesis for MockSynthesis {
         }
         let mut out = Vec::with_capacity(STEP_SAMPLES);
         while out.len() < STEP_SAMPLES && self.seg_index < self.segments.len() {
+            if self.seg_offset == 0 && self.marks.front().is_some_and(|&(at, _)| at == self.seg_index) {
+                if !out.is_empty() {
+                    break; // the audio so far first, the mark next step
+                }
+                let (_, text_offset) = self.marks.pop_front().expect("checked");
+                return Ok(Step::Speaking { text_offset });
+            }
             let seg = self.segments[self.seg_index];
             let take = (seg.len() - self.seg_offset).min(STEP_SAMPLES - out.len());
             self.render(&mut out, seg, self.seg_offset, take);
@@ -232,19 +269,37 @@ impl Synthesis for MockSynthesis {
 mod tests {
     use super::*;
 
-    fn run(engine: &mut MockEngine, text: &str) -> Vec<f32> {
+    /// The audio of `text`, and where each sentence or clause began in it
+    /// (text offset, sample index).
+    fn run_marked(engine: &mut MockEngine, text: &str) -> (Vec<f32>, Vec<(usize, usize)>) {
         let mut s = engine.start(&SynthesisParams::default()).unwrap();
         s.push_text(text);
         s.finish_text();
-        let mut all = Vec::new();
+        let (mut all, mut marks) = (Vec::new(), Vec::new());
         loop {
             match s.step(Instant::now()).unwrap() {
                 Step::Audio(a) => all.extend(a),
-                Step::Done => return all,
+                Step::Speaking { text_offset } => marks.push((text_offset, all.len())),
+                Step::Done => return (all, marks),
                 Step::NotBefore(t) => std::thread::sleep(t - Instant::now()),
                 Step::NeedText => panic!("text was finished"),
             }
         }
+    }
+
+    fn run(engine: &mut MockEngine, text: &str) -> Vec<f32> {
+        run_marked(engine, text).0
+    }
+
+    #[test]
+    fn says_where_each_sentence_and_clause_starts() {
+        let mut e = MockEngine::new(MockConfig::default()).unwrap();
+        let (_, marks) = run_marked(&mut e, "Hello world. Next one, here; 3.14 is pi!");
+        let offsets: Vec<usize> = marks.iter().map(|m| m.0).collect();
+        assert_eq!(offsets, vec![0, 13, 23, 29]);
+        let per_char = 75 * 48;
+        // "Hello world." = 10 letters, a blank (half), a stop (4x).
+        assert_eq!(marks[1].1, 10 * per_char + per_char / 2 + 4 * per_char);
     }
 
     #[test]
@@ -271,6 +326,7 @@ mod tests {
         let mut s = e.start(&SynthesisParams::default()).unwrap();
         assert_eq!(s.step(Instant::now()).unwrap(), Step::NeedText);
         s.push_text("a");
+        assert_eq!(s.step(Instant::now()).unwrap(), Step::Speaking { text_offset: 0 });
         assert!(matches!(s.step(Instant::now()).unwrap(), Step::Audio(_)));
         s.finish_text();
         while let Step::Audio(_) = s.step(Instant::now()).unwrap() {}
@@ -288,6 +344,7 @@ mod tests {
         assert!(matches!(s.step(t0).unwrap(), Step::NotBefore(t) if t >= t0 + Duration::from_millis(50)));
         let mut total = 0;
         let later = t0 + Duration::from_millis(60);
+        assert_eq!(s.step(later).unwrap(), Step::Speaking { text_offset: 0 });
         while let Step::Audio(a) = s.step(later).unwrap() {
             total += a.len();
         }

@@ -36,6 +36,9 @@ pub struct Chunk {
     pub text: String,
     /// It ends a sentence (a longer pause may follow), not just a clause.
     pub ends_sentence: bool,
+    /// Where `text` begins in everything pushed, in characters: what a
+    /// listener has heard can be told as "up to this sentence".
+    pub start_char: usize,
 }
 
 /// Splits streamed text into chunks as soon as each is complete.
@@ -43,6 +46,8 @@ pub struct Chunk {
 pub struct Segmenter {
     buffer: String,
     emitted: usize,
+    /// Characters taken out of `buffer` so far.
+    consumed_chars: usize,
 }
 
 fn is_abbreviation_end(before: &str) -> bool {
@@ -76,14 +81,18 @@ impl Segmenter {
                 None if finished && !self.buffer.trim().is_empty() => (self.buffer.len(), true),
                 None => return None,
             };
-            let text: String = self.buffer[..end].trim().to_string();
+            let piece = &self.buffer[..end];
+            let text = piece.trim().to_string();
+            let start_char = self.consumed_chars + piece.chars().take_while(|c| c.is_whitespace()).count();
+            self.consumed_chars += piece.chars().count();
             self.buffer.drain(..end);
             if text.chars().any(char::is_alphanumeric) {
                 self.emitted += 1;
-                return Some(Chunk { text, ends_sentence });
+                return Some(Chunk { text, ends_sentence, start_char });
             }
             // Punctuation or blanks alone: nothing to say; look further.
             if self.buffer.trim().is_empty() {
+                self.consumed_chars += self.buffer.chars().count();
                 self.buffer.clear();
                 return None;
             }
@@ -376,6 +385,28 @@ mod tests {
             out.push((c.text, c.ends_sentence));
         }
         out
+    }
+
+    #[test]
+    fn chunks_know_where_they_start_in_the_pushed_text() {
+        let parts = ["  Héllo, wörld. ", "Next one ", "is here!  ... And the", " last"];
+        let whole: String = parts.concat();
+        let mut s = Segmenter::new();
+        let mut seen = Vec::new();
+        for p in parts {
+            s.push(p);
+            while let Some(c) = s.next_chunk(false) {
+                seen.push(c);
+            }
+        }
+        while let Some(c) = s.next_chunk(true) {
+            seen.push(c);
+        }
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        for c in seen {
+            let at: String = whole.chars().skip(c.start_char).take(c.text.chars().count()).collect();
+            assert_eq!(at, c.text);
+        }
     }
 
     #[test]

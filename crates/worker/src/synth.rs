@@ -215,6 +215,8 @@ struct Writer {
     out_tx: mpsc::Sender<Result<AudioFrame, Status>>,
     sequence: i64,
     counters: Arc<Counters>,
+    /// Text offset of the sentence being spoken (from the engine's marks).
+    text_offset: u32,
 }
 
 impl Writer {
@@ -234,6 +236,7 @@ impl Writer {
             utterance_id,
             end_reason,
             error_message,
+            text_offset: self.text_offset,
         }
     }
 
@@ -246,6 +249,7 @@ impl Writer {
     /// Plays one utterance to its final frame.
     async fn play(&mut self, u: Utterance) -> Result<(), ClientGone> {
         let session = self.session.clone();
+        self.text_offset = 0;
         let Some(mut job) = u.job else {
             let (reason, msg) = match u.abort.get() {
                 Some(msg) => (EndReason::Error, msg.clone()),
@@ -283,6 +287,9 @@ impl Writer {
                 }
                 ev = job.next(), if pending.is_none() && !paused => match ev {
                     Some(JobEvent::Frame(f)) => pending = Some((f, None)),
+                    Some(JobEvent::Speaking { text_offset }) => {
+                        self.text_offset = u32::try_from(text_offset).unwrap_or(u32::MAX);
+                    }
                     Some(JobEvent::End { last, outcome }) => {
                         let end = match outcome {
                             Outcome::Completed => (EndReason::Completed, String::new()),
@@ -314,7 +321,7 @@ async fn write_frames(
     _guard: StreamGuard,
     counters: Arc<Counters>,
 ) {
-    let mut writer = Writer { session: session.clone(), out_tx, sequence: 0, counters };
+    let mut writer = Writer { session: session.clone(), out_tx, sequence: 0, counters, text_offset: 0 };
     while let Some(item) = item_rx.recv().await {
         match item {
             Item::Utterance(u) => {

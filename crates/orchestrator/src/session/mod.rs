@@ -6,6 +6,11 @@
 //! socket, the worker stream, the playout deadline and the timeouts; a writer
 //! task owns the socket's send half, and a control task sends the worker its
 //! PAUSE/RESUME/STOP in order without blocking the loop.
+//!
+//! When the worker fails mid-utterance, `resume` moves what it had not yet
+//! said to another worker.
+
+mod resume;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,7 +32,7 @@ use crate::protocol::{
     encode_binary_audio,
 };
 use crate::server::AppState;
-use crate::worker::{WorkerError, WorkerRef, WorkerStream};
+use crate::worker::{Route, WorkerError, WorkerRef, WorkerStream};
 
 /// Messages queued toward the client socket. Playout releases ~50 a second,
 /// so a full queue means the client stopped reading: the session is closed
@@ -42,8 +47,8 @@ const CONTROL_QUEUE: usize = 16;
 const CLOSE_TRY_AGAIN: u16 = 1013;
 /// WebSocket close code "invalid frame payload data".
 const CLOSE_INVALID_PAYLOAD: u16 = 1007;
-/// Longest model id a client may ask for.
-const MAX_MODEL_ID_BYTES: usize = 128;
+/// Longest model id or language tag a client may ask for.
+const MAX_ROUTE_FIELD_BYTES: usize = 128;
 /// Retry hint sent with BUSY.
 const BUSY_RETRY_AFTER_MS: u64 = 1_000;
 /// The WebSocket protocol version in `session_start`.
@@ -53,8 +58,40 @@ pub const PROTOCOL_VERSION: u32 = 1;
 #[derive(Debug)]
 struct Utterance {
     received_at: Instant,
+    /// Frames sent to the client.
     frames: u64,
     span: tracing::Span,
+    /// Its text so far, kept until the worker has sent its last frame so that
+    /// what was not yet said can move to another worker.
+    text: String,
+    chars: usize,
+    /// The client sent its last chunk.
+    text_final: bool,
+    /// Where the text the current worker was given begins (characters).
+    base: usize,
+    /// Where the sentence of the latest frame from the worker begins: a
+    /// failover resumes there (absolute, in characters).
+    resume_at: usize,
+    /// The worker sent its final frame: nothing left to resume.
+    synthesized: bool,
+    failovers: u32,
+}
+
+impl Utterance {
+    fn new(received_at: Instant, span: tracing::Span) -> Self {
+        Self {
+            received_at,
+            frames: 0,
+            span,
+            text: String::new(),
+            chars: 0,
+            text_final: false,
+            base: 0,
+            resume_at: 0,
+            synthesized: false,
+            failovers: 0,
+        }
+    }
 }
 
 enum Flow {
@@ -68,8 +105,8 @@ struct Session {
     out_tx: mpsc::Sender<Message>,
     control_tx: mpsc::Sender<(ControlCommand, u64, WorkerRef)>,
     audio_format: AudioFormat,
-    /// Model chosen by the client; `None` = the configured default.
-    model: Option<String>,
+    /// Model and language chosen by the client (`None` = defaults).
+    route: Route,
     link: Link,
     /// Last utterance id assigned; ids start at 1.
     last_utterance: u64,
@@ -85,8 +122,9 @@ struct Session {
     last_worker_frame: Instant,
 }
 
-/// Runs a session to its end. `audio_format` comes from the connect URL.
-pub async fn run(socket: WebSocket, state: Arc<AppState>, audio_format: AudioFormat) {
+/// Runs a session to its end. `audio_format` and `id` come from the connect
+/// URL (a client reconnecting names its earlier session to return to its worker).
+pub async fn run(socket: WebSocket, state: Arc<AppState>, audio_format: AudioFormat, id: crate::server::LiveId) {
     let (mut ws_tx, mut ws_rx) = socket.split();
     let Ok(_permit) = state.session_slots.clone().try_acquire_owned() else {
         state.metrics.sessions_rejected.inc();
@@ -105,25 +143,24 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, audio_format: AudioFor
         return;
     };
 
-    let id = uuid::Uuid::new_v4().to_string();
-    let span = tracing::info_span!("session", session_id = %id);
+    let span = tracing::info_span!("session", session_id = %id.as_str());
     state.metrics.sessions_total.inc();
     state.metrics.sessions_active.inc();
 
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let writer = tokio::spawn(write_socket(ws_tx, out_rx).instrument(span.clone()));
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let controls = tokio::spawn(send_controls(state.clone(), id.clone(), control_rx).instrument(span.clone()));
+    let controls = tokio::spawn(send_controls(state.clone(), id.to_string(), control_rx).instrument(span.clone()));
 
     let now = Instant::now();
     let mut session = Session {
-        id: id.clone(),
+        id: id.to_string(),
         playout: Playout::new(state.config.playout.queue_frames, state.config.playout.lookahead_frames),
         state: state.clone(),
         out_tx,
         control_tx,
         audio_format,
-        model: None,
+        route: Route::default(),
         link: Link::Down,
         last_utterance: 0,
         open_utterance: None,
@@ -297,16 +334,20 @@ impl Session {
             Err(e) => self.error(ErrorCode::InvalidMessage, e.to_string()),
             Ok(ClientMessage::Text { text, is_final }) => self.on_text(text, is_final),
             Ok(ClientMessage::Control { command }) => self.on_control(command),
-            Ok(ClientMessage::Config { audio_format, model }) => {
+            Ok(ClientMessage::Config { audio_format, model, language }) => {
                 if let Some(f) = audio_format {
                     self.audio_format = f;
                 }
-                if let Some(m) = model
-                    && let Flow::End(r) = self.set_model(m)
+                if (model.is_some() || language.is_some())
+                    && let Flow::End(r) = self.set_route(model, language)
                 {
                     return Flow::End(r);
                 }
-                self.send(ServerMessage::Config { audio_format: self.audio_format, model: self.model.clone() })
+                self.send(ServerMessage::Config {
+                    audio_format: self.audio_format,
+                    model: self.route.model.clone(),
+                    language: self.route.language.clone(),
+                })
             }
             Ok(ClientMessage::Ping { id }) => self.send(ServerMessage::Pong { id }),
         }
@@ -326,20 +367,32 @@ impl Session {
         }
     }
 
-    /// Chooses the session's model; the next stream is opened with it.
-    fn set_model(&mut self, model: String) -> Flow {
-        if model.len() > MAX_MODEL_ID_BYTES || model.chars().any(char::is_control) {
-            return self.error(ErrorCode::InvalidMessage, "model must be a short printable id");
+    /// Chooses the session's model and language (a field left out keeps
+    /// its value, `""` clears it); the next stream is opened with them.
+    fn set_route(&mut self, model: Option<String>, language: Option<String>) -> Flow {
+        let printable = |v: &Option<String>| {
+            v.as_ref().is_none_or(|v| v.len() <= MAX_ROUTE_FIELD_BYTES && !v.chars().any(char::is_control))
+        };
+        if !printable(&model) || !printable(&language) {
+            return self.error(ErrorCode::InvalidMessage, "model and language must be short printable ids");
+        }
+        let clear = |v: Option<String>, old: &Option<String>| match v {
+            Some(v) => (!v.is_empty()).then_some(v),
+            None => old.clone(),
+        };
+        let route = Route { model: clear(model, &self.route.model), language: clear(language, &self.route.language) };
+        if route == self.route {
+            return Flow::Continue;
         }
         if !self.active.is_empty() {
-            return self.error(ErrorCode::InvalidMessage, "cannot change the model while speaking; send STOP first");
+            return self.error(
+                ErrorCode::InvalidMessage,
+                "cannot change the model or language while speaking; send STOP first",
+            );
         }
-        let model = (!model.is_empty()).then_some(model);
-        if model != self.model {
-            self.model = model;
-            // The worker session was started with the old model: end it.
-            self.end_worker_session();
-        }
+        self.route = route;
+        // The worker session was started with the old route: end it.
+        self.end_worker_session();
         Flow::Continue
     }
 
@@ -349,6 +402,14 @@ impl Session {
         if chars > max {
             return self
                 .error(ErrorCode::InvalidMessage, format!("text of {chars} characters exceeds the limit of {max}"));
+        }
+        let max_utterance = self.state.config.session.max_utterance_chars;
+        let so_far = self.open_utterance.and_then(|id| self.active.get(&id)).map_or(0, |u| u.chars);
+        if so_far + chars > max_utterance {
+            return self.error(
+                ErrorCode::InvalidMessage,
+                format!("utterance would reach {} characters, over the limit of {max_utterance}", so_far + chars),
+            );
         }
         let now = Instant::now();
         let utterance_id = match self.open_utterance {
@@ -362,10 +423,15 @@ impl Session {
                 let id = self.last_utterance;
                 let span = tracing::info_span!("utterance", utterance_id = id);
                 span.in_scope(|| tracing::debug!(chars, "utterance started"));
-                self.active.insert(id, Utterance { received_at: now, frames: 0, span });
+                self.active.insert(id, Utterance::new(now, span));
                 id
             }
         };
+        if let Some(u) = self.active.get_mut(&utterance_id) {
+            u.text.push_str(&text);
+            u.chars += chars;
+            u.text_final = is_final;
+        }
         self.open_utterance = if is_final { None } else { Some(utterance_id) };
         self.chunk_sequence += 1;
         let chunk = TextChunk {
@@ -387,9 +453,7 @@ impl Session {
             }
             Link::Opening { .. } => self.worker_failed("worker is not accepting text"),
             Link::Down => {
-                let (pool, id, model) = (self.state.pool.clone(), self.id.clone(), self.model.clone());
-                let open = Box::pin(async move { pool.open(&id, chunk, model.as_deref()).await });
-                self.link = Link::Opening { open, backlog: Vec::new() };
+                self.open_link(chunk, Vec::new());
                 Flow::Continue
             }
         }
@@ -414,11 +478,16 @@ impl Session {
             }
             Err(e) => {
                 let code = match e {
+                    // Marked down by the pool: the text goes to another worker.
+                    WorkerError::Unreachable { .. } | WorkerError::Timeout { .. } => {
+                        tracing::warn!(error = %e, "worker failed to open the stream");
+                        return self.fail_over(&e.to_string());
+                    }
                     WorkerError::Busy(_) => ErrorCode::Busy,
                     WorkerError::Refused(_) => ErrorCode::SynthesisFailed,
-                    _ => ErrorCode::WorkerUnavailable,
+                    WorkerError::NoWorker(_) => ErrorCode::WorkerUnavailable,
                 };
-                self.fail_active(code, &e.to_string())
+                self.fail_owed(code, &e.to_string())
             }
         }
     }
@@ -477,15 +546,27 @@ impl Session {
         };
         self.last_worker_frame = Instant::now();
         let id = frame.utterance_id;
-        if id <= self.stopped_through || !self.active.contains_key(&id) {
+        if id <= self.stopped_through {
             return Flow::Continue; // audio of a stopped utterance still in flight
         }
+        let Some(u) = self.active.get_mut(&id) else { return Flow::Continue };
+        u.resume_at = u.base + frame.text_offset as usize;
+        let text_offset = u.resume_at;
         let last = frame.is_final;
+        if last {
+            u.synthesized = true;
+            u.text = String::new(); // no longer needed for a failover
+        }
+        let resumed = u.base > 0;
         if !frame.audio_data.is_empty() {
-            self.playout.push(Entry::Audio { utterance_id: id, pcm: frame.audio_data.clone(), last });
+            self.playout.push(Entry::Audio { utterance_id: id, pcm: frame.audio_data.clone(), last, text_offset });
         }
         if last {
-            let reason = end_reason(&frame);
+            let reason = match end_reason(&frame) {
+                // The part left after a failover held nothing more to say.
+                EndReason::Empty if resumed => EndReason::Completed,
+                r => r,
+            };
             let error = (reason == EndReason::Error).then(|| frame.error_message.clone());
             self.playout.push(Entry::End { utterance_id: id, reason, error });
         }
@@ -497,7 +578,9 @@ impl Session {
         let now = Instant::now();
         while let Some(entry) = self.playout.pop_due(now.into_std()) {
             let flow = match entry {
-                Entry::Audio { utterance_id, pcm, last } => self.send_audio(utterance_id, pcm, last, now),
+                Entry::Audio { utterance_id, pcm, last, text_offset } => {
+                    self.send_audio(utterance_id, pcm, last, text_offset, now)
+                }
                 Entry::End { utterance_id, reason, error } => {
                     if let Some(msg) = error
                         && let Flow::End(r) = self.error(ErrorCode::SynthesisFailed, format!("synthesis failed: {msg}"))
@@ -517,7 +600,7 @@ impl Session {
         Flow::Continue
     }
 
-    fn send_audio(&mut self, utterance_id: u64, pcm: Vec<u8>, last: bool, now: Instant) -> Flow {
+    fn send_audio(&mut self, utterance_id: u64, pcm: Vec<u8>, last: bool, text_offset: usize, now: Instant) -> Flow {
         self.sequence += 1;
         if let Some(u) = self.active.get_mut(&utterance_id) {
             if u.frames == 0 {
@@ -537,6 +620,7 @@ impl Session {
                     frame_ms: FRAME_MS,
                     sequence: self.sequence,
                     utterance_id,
+                    text_offset: text_offset as u64,
                 }
                 .to_json()
                 .into(),
@@ -549,33 +633,6 @@ impl Session {
         u.span.in_scope(|| tracing::debug!(reason = reason.as_str(), frames = u.frames, "utterance ended"));
         self.state.metrics.utterances.with_label_values(&[reason.as_str()]).inc();
         self.send(ServerMessage::UtteranceEnd { utterance_id: id, reason, frames: u.frames })
-    }
-
-    /// Ends every unfinished utterance with `error` and tells the client why.
-    fn fail_active(&mut self, code: ErrorCode, message: &str) -> Flow {
-        self.open_utterance = None;
-        self.stopped_through = self.last_utterance;
-        self.playout.discard_through(self.last_utterance);
-        for (id, u) in std::mem::take(&mut self.active) {
-            if let Flow::End(r) = self.end_utterance(id, u, EndReason::Error) {
-                return Flow::End(r);
-            }
-        }
-        self.error(code, message)
-    }
-
-    /// The worker stream broke: drop it (the next text reconnects) and fail what was in flight.
-    fn worker_failed(&mut self, why: &str) -> Flow {
-        let addr = match std::mem::replace(&mut self.link, Link::Down) {
-            Link::Up(stream) => {
-                // Skipped by routing until it heartbeats again.
-                self.state.pool.mark_down(&stream.worker);
-                stream.worker.addr.clone()
-            }
-            _ => self.state.pool.describe(),
-        };
-        tracing::warn!(worker = %addr, why, "worker stream failed");
-        self.fail_active(ErrorCode::WorkerUnavailable, &format!("TTS worker {addr} unavailable: {why}"))
     }
 }
 
