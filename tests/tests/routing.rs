@@ -15,21 +15,33 @@ fn completed(h: &Heard) -> bool {
     matches!(h.messages.last(), Some(ServerMessage::UtteranceEnd { reason: EndReason::Completed, .. }))
 }
 
+/// Opens a session that asks for `model` and says `text` on it.
+async fn talk_with(url: &str, model: &str, text: &str) -> (Client, Heard) {
+    let mut c = Client::connect(url, AudioFormat::Binary).await.unwrap();
+    c.session_start().await.unwrap();
+    c.send(&ClientMessage::Config { audio_format: None, model: Some(model.into()), language: None }).await.unwrap();
+    let heard = say(&mut c, text).await;
+    (c, heard)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessions_go_to_the_worker_that_offers_the_model() {
+async fn sessions_go_to_the_worker_that_offers_the_voice() {
     let redis = RedisServer::start();
     let a = duplex_worker::spawn(worker(&redis, "a", None)).await.unwrap();
     let b = duplex_worker::spawn(worker(&redis, "b", Some("mock-b"))).await.unwrap();
+    let c = duplex_worker::spawn(worker(&redis, "c", Some("mock-c"))).await.unwrap();
     let orch = orchestrator(&redis, "mock-b").await;
-    wait_registered(&redis, 2).await;
+    wait_registered(&redis, 3).await;
     let url = format!("ws://{}/ws", orch.addr);
-    let (_c1, h1) = talk(&url, "one").await;
-    let (_c2, h2) = talk(&url, "two").await;
-    for h in [&h1, &h2] {
+    // The configured default model, twice; then a voice only c has.
+    let (_s1, h1) = talk(&url, "one").await;
+    let (_s2, h2) = talk(&url, "two").await;
+    let (_s3, h3) = talk_with(&url, "mock-c", "three").await;
+    for h in [&h1, &h2, &h3] {
         assert!(completed(h), "{:?}", h.messages);
     }
-    assert_eq!(sessions_on(b.addr).await, 2.0, "both on the worker with mock-b");
-    assert_eq!(sessions_on(a.addr).await, 0.0);
+    let on = async |w: &duplex_worker::Handle| sessions_on(w.addr).await;
+    assert_eq!((on(&a).await, on(&b).await, on(&c).await), (0.0, 2.0, 1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
