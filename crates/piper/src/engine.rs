@@ -12,7 +12,7 @@ use ort::value::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::voice::{VoiceConfig, VoiceFiles};
-use crate::{PiperError, espeak, runtime};
+use crate::{PiperError, espeak};
 
 /// Fade at both ends of every chunk, so joins never click.
 const FADE_MS: u32 = 5;
@@ -92,7 +92,7 @@ impl PiperEngine {
         let started = Instant::now();
         let files = VoiceFiles::find(&config.voice_dir)?;
         let voice = VoiceConfig::load(&files.config)?;
-        let env = runtime::environment()?;
+        let env = duplex_onnx::environment()?;
         let fail = |e: String| PiperError::Voice(format!("{}: {e}", files.model.display()));
         let mut builder = Session::builder(&env)
             .map_err(|e| fail(e.to_string()))?

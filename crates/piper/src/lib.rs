@@ -7,11 +7,10 @@
 
 mod engine;
 pub mod espeak;
-mod runtime;
 pub mod voice;
 
+pub use duplex_onnx::init_runtime;
 pub use engine::{PiperConfig, PiperEngine};
-pub use runtime::init_runtime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PiperError {
@@ -21,6 +20,12 @@ pub enum PiperError {
     Espeak(String),
     #[error("ONNX Runtime: {0}")]
     Runtime(String),
+}
+
+impl From<duplex_onnx::RuntimeError> for PiperError {
+    fn from(e: duplex_onnx::RuntimeError) -> Self {
+        PiperError::Runtime(e.to_string())
+    }
 }
 
 impl From<PiperError> for duplex_tts::EngineError {
