@@ -117,7 +117,7 @@ async fn a_reconnecting_session_returns_to_its_worker() {
     assert!(completed(&say(&mut on_b, "second").await));
     assert_eq!((sessions_on(a.addr).await, sessions_on(b.addr).await), (1.0, 1.0));
 
-    // The record names the worker, with the configured TTL (600 s).
+    // The record names the worker, with the configured TTL (3600 s).
     let mut conn = redis.connection().await;
     let key = format!("routing:affinity:{id_b}");
     let name: String = redis::cmd("GET").arg(&key).query_async(&mut conn).await.unwrap();

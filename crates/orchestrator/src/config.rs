@@ -133,7 +133,7 @@ impl Default for Routing {
             connect_timeout_ms: 2_000,
             session_start_timeout_ms: 15_000,
             stall_timeout_ms: 5_000,
-            affinity_ttl_ms: 600_000,
+            affinity_ttl_ms: 3_600_000,
             max_failovers: 2,
         }
     }

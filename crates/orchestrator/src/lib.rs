@@ -5,6 +5,7 @@
 //! - [`protocol`]: the typed WebSocket messages and binary frame header.
 //! - [`playout`]: the paced, pausable, flushable playout queue.
 //! - [`session`]: one session's task.
+//! - [`turn`]: turn-taking and barge-in as a pure state machine.
 //! - [`worker`]: the gRPC client side (shared connection, per-session stream).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`server`]: routes, probes, graceful shutdown.
@@ -16,6 +17,7 @@ pub mod playout;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod turn;
 pub mod worker;
 
 pub use config::Config;
