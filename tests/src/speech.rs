@@ -71,3 +71,10 @@ pub fn silence(ms: u32, rate_hz: u32) -> Vec<i16> {
 pub fn duration_ms(samples: usize, rate_hz: u32) -> u64 {
     samples as u64 * 1000 / rate_hz as u64
 }
+
+/// Points `config`'s conversation at the fetched Silero model and ONNX Runtime.
+pub fn with_hearing(config: &mut duplex_orchestrator::Config) {
+    let assets = assets();
+    config.conversation.onnxruntime_library = assets.join("onnxruntime/libonnxruntime.so.1.31.1");
+    config.conversation.vad_model = silero_model();
+}

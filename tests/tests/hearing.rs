@@ -30,7 +30,7 @@ async fn hear(listener: &mut Listener, pcm: &[i16]) -> Vec<VadEvent> {
     let mut events = Vec::new();
     while let Ok(Some(heard)) = tokio::time::timeout(Duration::from_millis(500), listener.events.recv()).await {
         match heard {
-            Heard::Vad(e) => events.push(e),
+            Heard::Vad { event, .. } => events.push(event),
             Heard::Failed(e) => panic!("{e}"),
         }
     }

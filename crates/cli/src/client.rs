@@ -76,6 +76,13 @@ impl Client {
         self.send(&ClientMessage::Text { text: text.into(), is_final }).await
     }
 
+    /// Sends microphone audio (s16 mono at `sample_rate`) as one binary frame.
+    pub async fn send_mic(&mut self, sample_rate: u32, sequence: u64, pcm: &[i16]) -> Result<(), ClientError> {
+        let frame = duplex_orchestrator::protocol::encode_mic_audio(sample_rate, sequence, pcm);
+        self.ws.send(Message::Binary(frame.into())).await?;
+        Ok(())
+    }
+
     pub async fn control(&mut self, command: Command) -> Result<(), ClientError> {
         self.send(&ClientMessage::Control { command }).await
     }

@@ -1,7 +1,9 @@
 //! Orchestrator configuration (`configs/orchestrator.yaml`): typed, unknown
 //! keys rejected, environment overrides applied in one place.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+pub use duplex_speech::VadConfig;
 
 use duplex_telemetry::LogConfig;
 use serde::{Deserialize, Serialize};
@@ -15,7 +17,32 @@ pub struct Config {
     pub routing: Routing,
     pub session: SessionLimits,
     pub playout: PlayoutConfig,
+    pub conversation: Conversation,
     pub log: LogConfig,
+}
+
+/// The spoken conversation: microphone in, VAD, speech recognition, replies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Conversation {
+    /// The ONNX Runtime shared library (Silero VAD); `duplex assets` puts it here.
+    pub onnxruntime_library: PathBuf,
+    /// Silero VAD model; empty = microphone audio is refused.
+    pub vad_model: PathBuf,
+    /// Threads running VAD for all sessions (each ~0.1 ms per 32 ms window).
+    pub vad_threads: usize,
+    pub vad: VadConfig,
+    pub responder: ResponderConfig,
+    /// Exchanges of history given to the responder.
+    pub history_turns: usize,
+}
+
+/// Which responder answers the user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ResponderConfig {
+    /// Says back what it heard.
+    Echo,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +127,7 @@ impl Default for Config {
             routing: Routing::default(),
             session: SessionLimits::default(),
             playout: PlayoutConfig::default(),
+            conversation: Conversation::default(),
             log: LogConfig::default(),
         }
     }
@@ -151,6 +179,19 @@ impl Default for SessionLimits {
     }
 }
 
+impl Default for Conversation {
+    fn default() -> Self {
+        Self {
+            onnxruntime_library: PathBuf::from(".cache/assets/onnxruntime/libonnxruntime.so.1.31.1"),
+            vad_model: PathBuf::from(".cache/assets/vad/silero_vad.onnx"),
+            vad_threads: 1,
+            vad: VadConfig::default(),
+            responder: ResponderConfig::Echo,
+            history_turns: 20,
+        }
+    }
+}
+
 impl Default for PlayoutConfig {
     fn default() -> Self {
         Self { lookahead_frames: 1, queue_frames: 8 }
@@ -169,6 +210,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DEFAULT_MODEL", "routing.default_model"),
     ("MAX_CONCURRENT_SESSIONS", "session.max_sessions"),
     ("SESSION_IDLE_TIMEOUT_S", "session.idle_timeout_ms (in seconds)"),
+    ("ORT_DYLIB_PATH", "conversation.onnxruntime_library"),
     ("LOG_LEVEL", "log.level"),
     ("LOG_FORMAT", "log.format"),
 ];
@@ -211,6 +253,9 @@ impl Config {
         if let Some(v) = env("SESSION_IDLE_TIMEOUT_S") {
             self.session.idle_timeout_ms = parsed::<u64>("SESSION_IDLE_TIMEOUT_S", v)?.saturating_mul(1000);
         }
+        if let Some(v) = env("ORT_DYLIB_PATH") {
+            self.conversation.onnxruntime_library = PathBuf::from(v);
+        }
         duplex_config::apply_log_env(&mut self.log, &env)
     }
 
@@ -227,6 +272,10 @@ impl Config {
         }
         if !self.routing.redis_url.is_empty() && (self.routing.resync_ms == 0 || self.routing.affinity_ttl_ms == 0) {
             return Err(ConfigError::Invalid("routing.resync_ms and routing.affinity_ttl_ms must be > 0".into()));
+        }
+        self.conversation.vad.validate().map_err(ConfigError::Invalid)?;
+        if self.conversation.vad_threads == 0 {
+            return Err(ConfigError::Invalid("conversation.vad_threads must be > 0".into()));
         }
         if self.playout.queue_frames == 0 {
             return Err(ConfigError::Invalid("playout.queue_frames must be > 0".into()));

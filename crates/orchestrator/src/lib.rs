@@ -2,6 +2,7 @@
 //! a TTS worker over gRPC and plays the audio back paced in real time.
 //!
 //! - [`config`]: `configs/orchestrator.yaml` and environment overrides.
+//! - [`conversation`]: VAD, speech recognition and responder shared by sessions.
 //! - [`protocol`]: the typed WebSocket messages and binary frame header.
 //! - [`playout`]: the paced, pausable, flushable playout queue.
 //! - [`session`]: one session's task.
@@ -11,6 +12,7 @@
 //! - [`server`]: routes, probes, graceful shutdown.
 
 pub mod config;
+pub mod conversation;
 mod link;
 pub mod metrics;
 pub mod playout;

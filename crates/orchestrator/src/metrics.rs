@@ -19,6 +19,18 @@ pub struct Metrics {
     pub control: HistogramVec,
     /// Sessions whose unfinished text moved to another worker.
     pub failovers: IntCounter,
+    /// Compute time of one 32 ms VAD window.
+    pub vad_window: Histogram,
+    /// VAD decided the user speaks → the bot's audio stopped (playout flushed).
+    pub barge_in: Histogram,
+    /// Barge-ins that turned out not to be speech (the reply resumed).
+    pub false_barge_ins: IntCounter,
+    /// End of the user's speech (VAD decision) → first reply audio frame sent.
+    pub turn_latency: Histogram,
+    /// Speech recognition time per user turn.
+    pub asr: Histogram,
+    /// Reply requested → first reply text.
+    pub reply_first_text: Histogram,
 }
 
 fn seconds_buckets() -> Vec<f64> {
@@ -53,6 +65,22 @@ impl Metrics {
             "Times a session's unfinished utterances moved to another worker after its worker failed",
         )
         .expect("metric");
+        let histogram = |name: &str, help: &str| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(seconds_buckets())).expect("metric")
+        };
+        let vad_window = Histogram::with_opts(
+            HistogramOpts::new("vad_window_seconds", "Compute time of one 32 ms VAD window")
+                .buckets(vec![0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005]),
+        )
+        .expect("metric");
+        let barge_in = histogram("barge_in_seconds", "VAD decided the user speaks to the bot's audio stopped");
+        let false_barge_ins =
+            IntCounter::new("false_barge_ins_total", "Barge-ins that were not speech; the reply resumed")
+                .expect("metric");
+        let turn_latency =
+            histogram("turn_latency_seconds", "End of the user's speech (VAD decision) to the first reply audio sent");
+        let asr = histogram("asr_seconds", "Speech recognition time per user turn");
+        let reply_first_text = histogram("reply_first_text_seconds", "Reply requested to its first text");
         for c in [
             Box::new(sessions_active.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(sessions_total.clone()),
@@ -63,6 +91,12 @@ impl Metrics {
             Box::new(first_audio.clone()),
             Box::new(control.clone()),
             Box::new(failovers.clone()),
+            Box::new(vad_window.clone()),
+            Box::new(barge_in.clone()),
+            Box::new(false_barge_ins.clone()),
+            Box::new(turn_latency.clone()),
+            Box::new(asr.clone()),
+            Box::new(reply_first_text.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -77,6 +111,12 @@ impl Metrics {
             first_audio,
             control,
             failovers,
+            vad_window,
+            barge_in,
+            false_barge_ins,
+            turn_latency,
+            asr,
+            reply_first_text,
         }
     }
 

@@ -6,13 +6,19 @@
 //! `[kind u8 = 1][version u8 = 1][flags u16 LE][utterance_id u32 LE][sequence u64 LE]`
 //! followed by s16le mono PCM at the session's sample rate. Flag bit 0 marks
 //! the last audio frame of an utterance.
+//!
+//! Binary client frames carry the microphone:
+//! `[kind u8 = 2][version u8 = 1][flags u16 LE = 0][sample_rate u32 LE][sequence u64 LE]`
+//! followed by s16le mono PCM (10-100 ms of it).
 
 use serde::{Deserialize, Serialize};
 
 /// Binary frame kind: TTS audio, server to client.
 pub const KIND_TTS_AUDIO: u8 = 1;
-/// Binary frame kind: microphone audio, client to server (reserved).
+/// Binary frame kind: microphone audio, client to server.
 pub const KIND_MIC_AUDIO: u8 = 2;
+/// Most microphone audio one message may carry.
+pub const MAX_MIC_MS: u32 = 100;
 pub const BINARY_VERSION: u8 = 1;
 pub const BINARY_HEADER_BYTES: usize = 16;
 pub const FLAG_LAST_IN_UTTERANCE: u16 = 1;
@@ -64,6 +70,18 @@ pub enum ClientMessage {
     Ping {
         #[serde(default)]
         id: Option<u64>,
+    },
+    /// Microphone audio in JSON: base64 s16le mono PCM at `sample_rate`.
+    /// Decoded into [`ClientMessage::Mic`] before a session sees it.
+    AudioIn {
+        pcm: String,
+        sample_rate: u32,
+    },
+    /// Microphone audio (from a binary frame or a decoded `audio_in`).
+    #[serde(skip)]
+    Mic {
+        pcm: Vec<i16>,
+        sample_rate: u32,
     },
 }
 
@@ -171,6 +189,50 @@ pub enum ServerMessage {
         session_id: String,
         reason: String,
     },
+    /// Flush: the client drops audio it buffered for these utterances (the
+    /// user barged in); nothing of them is sent after this.
+    Clear {
+        utterance_ids: Vec<u64>,
+    },
+    /// The conversation's turn state: `listening`, `user_speaking`,
+    /// `thinking`, `speaking`.
+    State {
+        state: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        turn: Option<u64>,
+    },
+    /// What the user said in `turn`.
+    Transcript {
+        turn: u64,
+        text: String,
+        #[serde(rename = "final")]
+        is_final: bool,
+    },
+    /// Reply text as it streams.
+    Reply {
+        turn: u64,
+        text: String,
+    },
+    /// The reply of `turn` was interrupted; `heard` is what was spoken of it.
+    Interrupted {
+        turn: u64,
+        heard: String,
+    },
+    /// The interruption was not speech; the reply goes on from `from_char`.
+    Resumed {
+        turn: u64,
+        from_char: usize,
+    },
+    /// Latencies of a turn, in ms from the end of the user's speech.
+    TurnMetrics {
+        turn: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        transcript_ms: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        first_reply_text_ms: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        first_audio_ms: Option<f64>,
+    },
 }
 
 impl ServerMessage {
@@ -190,8 +252,8 @@ pub enum DecodeError {
     Utf8,
     #[error("message of {size} bytes exceeds the limit of {limit}")]
     TooLarge { size: usize, limit: usize },
-    #[error("microphone audio is not accepted by this server yet")]
-    AudioInput,
+    #[error("microphone audio: {0}")]
+    AudioInput(String),
     #[error("unknown binary frame kind {0}")]
     UnknownBinary(u8),
     #[error("empty binary frame")]
@@ -205,7 +267,35 @@ pub fn decode_text(text: &str, limit: usize) -> Result<ClientMessage, DecodeErro
     if text.len() > limit {
         return Err(DecodeError::TooLarge { size: text.len(), limit });
     }
-    serde_json::from_str(text).map_err(|e| DecodeError::Json(json_error(text, e)))
+    let message = serde_json::from_str(text).map_err(|e| DecodeError::Json(json_error(text, e)))?;
+    match message {
+        ClientMessage::AudioIn { pcm, sample_rate } => {
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(pcm)
+                .map_err(|e| DecodeError::AudioInput(format!("pcm is not base64: {e}")))?;
+            mic(&bytes, sample_rate)
+        }
+        other => Ok(other),
+    }
+}
+
+/// Checks microphone PCM bytes at `sample_rate` and makes them samples.
+fn mic(bytes: &[u8], sample_rate: u32) -> Result<ClientMessage, DecodeError> {
+    if !(8_000..=48_000).contains(&sample_rate) {
+        return Err(DecodeError::AudioInput(format!("sample_rate {sample_rate} is not 8000-48000 Hz")));
+    }
+    if !bytes.len().is_multiple_of(2) {
+        return Err(DecodeError::AudioInput("PCM s16le needs an even number of bytes".into()));
+    }
+    let samples = bytes.len() / 2;
+    let max = (sample_rate * MAX_MIC_MS / 1000) as usize;
+    if samples == 0 || samples > max {
+        return Err(DecodeError::AudioInput(format!(
+            "{samples} samples in one message; send 10-{MAX_MIC_MS} ms (up to {max} samples at {sample_rate} Hz)"
+        )));
+    }
+    Ok(ClientMessage::Mic { pcm: duplex_audio::bytes_to_samples(bytes), sample_rate })
 }
 
 /// Parses a binary frame: JSON sent as binary is accepted (and checked for UTF-8).
@@ -216,7 +306,15 @@ pub fn decode_binary(bytes: &[u8], limit: usize) -> Result<ClientMessage, Decode
     match bytes.first() {
         None => Err(DecodeError::EmptyBinary),
         Some(b'{') => decode_text(std::str::from_utf8(bytes).map_err(|_| DecodeError::Utf8)?, limit),
-        Some(&KIND_MIC_AUDIO) => Err(DecodeError::AudioInput),
+        Some(&KIND_MIC_AUDIO) => {
+            if bytes.len() < BINARY_HEADER_BYTES || bytes[1] != BINARY_VERSION {
+                return Err(DecodeError::AudioInput(format!(
+                    "binary microphone frames start with a {BINARY_HEADER_BYTES}-byte header, version {BINARY_VERSION}"
+                )));
+            }
+            let rate = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+            mic(&bytes[BINARY_HEADER_BYTES..], rate)
+        }
         Some(&kind) => Err(DecodeError::UnknownBinary(kind)),
     }
 }
@@ -225,9 +323,9 @@ pub fn decode_binary(bytes: &[u8], limit: usize) -> Result<ClientMessage, Decode
 fn json_error(text: &str, e: serde_json::Error) -> String {
     if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
         match value.get("type").and_then(|t| t.as_str()) {
-            None => return "missing \"type\" (one of text, control, config, ping)".into(),
-            Some(t) if !["text", "control", "config", "ping"].contains(&t) => {
-                return format!("unknown message type {t:?} (expected text, control, config or ping)");
+            None => return "missing \"type\" (one of text, control, config, ping, audio_in)".into(),
+            Some(t) if !["text", "control", "config", "ping", "audio_in"].contains(&t) => {
+                return format!("unknown message type {t:?} (expected text, control, config, ping or audio_in)");
             }
             Some(_) => {}
         }
@@ -247,6 +345,18 @@ pub fn encode_binary_audio(utterance_id: u64, sequence: u64, last_in_utterance: 
     out.extend_from_slice(&(utterance_id as u32).to_le_bytes());
     out.extend_from_slice(&sequence.to_le_bytes());
     out.extend_from_slice(pcm);
+    out
+}
+
+/// Builds a binary microphone frame (clients and tests).
+pub fn encode_mic_audio(sample_rate: u32, sequence: u64, pcm: &[i16]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(BINARY_HEADER_BYTES + pcm.len() * 2);
+    out.push(KIND_MIC_AUDIO);
+    out.push(BINARY_VERSION);
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&sample_rate.to_le_bytes());
+    out.extend_from_slice(&sequence.to_le_bytes());
+    out.extend_from_slice(&duplex_audio::samples_to_bytes(pcm));
     out
 }
 
@@ -301,7 +411,7 @@ mod tests {
         assert!(e.contains("JUMP"), "{e}");
         assert!(matches!(decode_text(&"x".repeat(11), 10), Err(DecodeError::TooLarge { size: 11, limit: 10 })));
         assert_eq!(decode_binary(b"{\"type\":\xff}", 100), Err(DecodeError::Utf8));
-        assert_eq!(decode_binary(&[KIND_MIC_AUDIO, 0, 0], 100), Err(DecodeError::AudioInput));
+        assert!(matches!(decode_binary(&[KIND_MIC_AUDIO, 0, 0], 100), Err(DecodeError::AudioInput(_))));
         assert_eq!(decode_binary(&[9], 100), Err(DecodeError::UnknownBinary(9)));
     }
 
@@ -328,6 +438,25 @@ mod tests {
         assert_eq!(e["type"], "error");
         assert_eq!(e["code"], "WORKER_UNAVAILABLE");
         assert!(e.get("retry_after_ms").is_none());
+    }
+
+    #[test]
+    fn microphone_audio_comes_binary_or_as_json_and_is_checked() {
+        let pcm: Vec<i16> = (0..320).map(|i| i as i16).collect();
+        let want = ClientMessage::Mic { pcm: pcm.clone(), sample_rate: 16_000 };
+        assert_eq!(decode_binary(&encode_mic_audio(16_000, 1, &pcm), 10_000), Ok(want.clone()));
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(duplex_audio::samples_to_bytes(&pcm));
+        let json = format!(r#"{{"type":"audio_in","pcm":"{b64}","sample_rate":16000}}"#);
+        assert_eq!(decode_text(&json, 10_000), Ok(want));
+        let too_long = vec![0i16; 1_700]; // > 100 ms at 16 kHz
+        assert!(matches!(
+            decode_binary(&encode_mic_audio(16_000, 1, &too_long), 10_000),
+            Err(DecodeError::AudioInput(_))
+        ));
+        assert!(matches!(decode_binary(&encode_mic_audio(4_000, 1, &pcm), 10_000), Err(DecodeError::AudioInput(_))));
+        let odd = r#"{"type":"audio_in","pcm":"AAA=","sample_rate":16000}"#;
+        assert!(matches!(decode_text(odd, 10_000), Err(DecodeError::AudioInput(_))));
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct AppState {
     pub tasks: TaskTracker,
     /// Ids of the sessions open now (a reconnect may not take a live one).
     pub live: Arc<Mutex<HashSet<String>>>,
+    /// VAD, speech recognition and the responder.
+    pub conversation: crate::conversation::Parts,
 }
 
 /// A session id held while its session runs; dropping it frees the id.
@@ -194,11 +196,19 @@ pub async fn serve(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    let metrics = Metrics::new();
+    let parts = {
+        let (conversation, metrics) = (config.conversation.clone(), metrics.clone());
+        tokio::task::spawn_blocking(move || crate::conversation::Parts::load(&conversation, &metrics))
+            .await
+            .unwrap_or_else(|_| crate::conversation::Parts::none("loading the conversation models panicked"))
+    };
     let state = Arc::new(AppState {
         pool: Arc::new(WorkerPool::new(&config.routing)?),
         session_slots: Arc::new(Semaphore::new(config.session.max_sessions)),
         config,
-        metrics: Metrics::new(),
+        metrics,
+        conversation: parts,
         shutdown: shutdown.clone(),
         live: Arc::default(),
         tasks: TaskTracker::new(),

@@ -119,6 +119,8 @@ pub enum Event {
     PlaybackDone {
         turn: TurnId,
     },
+    /// The client stopped the bot (STOP): the reply ends where it was.
+    Silenced,
 }
 
 /// Told to the client.
@@ -333,6 +335,14 @@ impl Machine {
                 S::Listening
             }
 
+            (S::Speaking { turn, reply }, E::Silenced) => {
+                out.push(Action::CancelReply { turn });
+                let heard = reply.heard();
+                out.push(Action::Notify(Notice::Interrupted { turn, heard: heard.clone() }));
+                out.push(Action::Remember { user: reply.user, assistant: with_cut_mark(heard) });
+                S::Listening
+            }
+
             // Anything else is stale (an old turn's late result) or has no effect here.
             (state, _) => state,
         }
@@ -462,6 +472,16 @@ mod tests {
         m.on_event(Event::ReplyDone { turn: 1 });
         let a = m.on_event(Event::Transcript { turn: 2, text: String::new() });
         assert_eq!(speak_actions(&a), vec![("Once upon a time, there was a fox.".into(), true, true)]);
+    }
+
+    #[test]
+    fn a_client_stop_ends_the_reply_where_it_was() {
+        let mut m = speaking("First. Second.");
+        m.on_event(Event::Played { turn: 1, text_offset: 7 });
+        let a = m.on_event(Event::Silenced);
+        assert!(a.contains(&Action::CancelReply { turn: 1 }));
+        assert!(a.contains(&Action::Remember { user: "What time is it?".into(), assistant: "First. —".into() }));
+        assert_eq!(m.state(), &State::Listening);
     }
 
     #[test]

@@ -43,7 +43,8 @@ pub enum EarsError {
 /// What a stream's session hears.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Heard {
-    Vad(VadEvent),
+    /// A detector event and when it was decided.
+    Vad { event: VadEvent, at: Instant },
     /// The stream's VAD failed; nothing more comes.
     Failed(String),
 }
@@ -205,7 +206,7 @@ impl Work {
                 observe(started.elapsed());
                 let bot = self.stream.bot_speaking.load(Ordering::Relaxed);
                 if let Some(event) = self.detector.push(window, p, bot)
-                    && self.stream.events_tx.try_send(Heard::Vad(event)).is_err()
+                    && self.stream.events_tx.try_send(Heard::Vad { event, at: Instant::now() }).is_err()
                 {
                     tracing::warn!("a session is not reading its VAD events; one was dropped");
                 }

@@ -5,14 +5,17 @@
 //! - [`detector`]: turns those probabilities into speech segments (start and
 //!   stop thresholds, minimum speech and silence, pre-roll kept for ASR);
 //!   pure, so its timing rules are unit-tested without a model.
+//! - [`asr`]: the speech recognition contract.
 //! - [`ears`]: threads that own the models and run every session's
 //!   microphone stream through resampling, VAD and the detector, off the
 //!   async runtime.
 
+pub mod asr;
 pub mod detector;
 pub mod ears;
 pub mod silero;
 
+pub use asr::{AsrError, Transcriber};
 pub use detector::{Detector, VadConfig, VadEvent};
 pub use ears::{Ears, EarsError, Listener};
 pub use silero::{SileroError, SileroVad};

@@ -10,6 +10,7 @@
 //! When the worker fails mid-utterance, `resume` moves what it had not yet
 //! said to another worker.
 
+mod dialogue;
 mod resume;
 
 use std::collections::BTreeMap;
@@ -120,6 +121,8 @@ struct Session {
     sequence: u64,
     last_client_message: Instant,
     last_worker_frame: Instant,
+    /// The spoken conversation, from the first microphone audio on.
+    dialogue: Option<dialogue::Dialogue>,
 }
 
 /// Runs a session to its end. `audio_format` and `id` come from the connect
@@ -170,6 +173,7 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, audio_format: AudioFor
         sequence: 0,
         last_client_message: now,
         last_worker_frame: now,
+        dialogue: None,
     };
     async {
         tracing::info!(?audio_format, "session started");
@@ -265,6 +269,7 @@ impl Session {
                     LinkEvent::Opened(result) => self.on_opened(result),
                     LinkEvent::Frame(frame) => self.on_worker(frame),
                 },
+                next = dialogue::next(&mut self.dialogue) => self.on_dialogue(next),
                 _ = tokio::time::sleep_until(stall_at.unwrap_or(far)), if stall_at.is_some() => {
                     self.worker_failed(&format!("no audio for {} ms", stall.as_millis()))
                 }
@@ -350,6 +355,9 @@ impl Session {
                 })
             }
             Ok(ClientMessage::Ping { id }) => self.send(ServerMessage::Pong { id }),
+            Ok(ClientMessage::Mic { pcm, sample_rate }) => self.on_mic(pcm, sample_rate),
+            // Decoded into `Mic` by the protocol layer.
+            Ok(ClientMessage::AudioIn { .. }) => Flow::Continue,
         }
     }
 
@@ -411,8 +419,17 @@ impl Session {
                 format!("utterance would reach {} characters, over the limit of {max_utterance}", so_far + chars),
             );
         }
+        let (utterance_id, flow) = self.add_text(self.open_utterance, text, is_final);
+        self.open_utterance = if is_final { None } else { Some(utterance_id) };
+        flow
+    }
+
+    /// Appends `text` to utterance `into` (`None`: a new one) and sends it to
+    /// the worker; returns the utterance's id.
+    fn add_text(&mut self, into: Option<u64>, text: String, is_final: bool) -> (u64, Flow) {
+        let chars = text.chars().count();
         let now = Instant::now();
-        let utterance_id = match self.open_utterance {
+        let utterance_id = match into {
             Some(id) => id,
             None => {
                 if self.active.is_empty() {
@@ -432,7 +449,6 @@ impl Session {
             u.chars += chars;
             u.text_final = is_final;
         }
-        self.open_utterance = if is_final { None } else { Some(utterance_id) };
         self.chunk_sequence += 1;
         let chunk = TextChunk {
             session_id: self.id.clone(),
@@ -441,7 +457,7 @@ impl Session {
             sequence_number: self.chunk_sequence,
             utterance_id,
         };
-        match &mut self.link {
+        let flow = match &mut self.link {
             Link::Up(stream) => match stream.text_tx.try_send(chunk) {
                 Ok(()) => Flow::Continue,
                 Err(mpsc::error::TrySendError::Full(_)) => self.worker_failed("worker is not accepting text"),
@@ -456,7 +472,8 @@ impl Session {
                 self.open_link(chunk, Vec::new());
                 Flow::Continue
             }
-        }
+        };
+        (utterance_id, flow)
     }
 
     fn on_opened(&mut self, result: Result<WorkerStream, WorkerError>) -> Flow {
@@ -505,15 +522,11 @@ impl Session {
                 ControlCommand::Resume
             }
             Command::Stop => {
-                let through = self.last_utterance;
-                self.stopped_through = through;
-                self.open_utterance = None;
-                self.playout.discard_through(through);
-                self.playout.resume();
-                for (id, u) in std::mem::take(&mut self.active) {
-                    if let Flow::End(r) = self.end_utterance(id, u, EndReason::Stopped) {
-                        return Flow::End(r);
-                    }
+                if let Flow::End(r) = self.stop_all() {
+                    return Flow::End(r);
+                }
+                if let Flow::End(r) = self.on_stopped_by_client() {
+                    return Flow::End(r);
                 }
                 ControlCommand::Stop
             }
@@ -531,6 +544,31 @@ impl Session {
             tracing::warn!("control queue full; the worker may keep synthesizing");
         }
         self.send(ServerMessage::ControlAck { command, last_sequence: self.sequence })
+    }
+
+    /// Ends every utterance now, as stopped: queued audio is dropped and late
+    /// frames of them are ignored. The worker is told separately.
+    fn stop_all(&mut self) -> Flow {
+        let through = self.last_utterance;
+        self.stopped_through = through;
+        self.open_utterance = None;
+        self.playout.discard_through(through);
+        self.playout.resume();
+        for (id, u) in std::mem::take(&mut self.active) {
+            if let Flow::End(r) = self.end_utterance(id, u, EndReason::Stopped) {
+                return Flow::End(r);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Tells the worker to stop everything through the last utterance.
+    fn stop_worker(&self) {
+        if let Link::Up(stream) = &self.link
+            && self.control_tx.try_send((ControlCommand::Stop, self.last_utterance, stream.worker.clone())).is_err()
+        {
+            tracing::warn!("control queue full; the worker may keep synthesizing");
+        }
     }
 
     fn on_worker(&mut self, frame: Result<Option<AudioFrame>, tonic::Status>) -> Flow {
@@ -588,7 +626,10 @@ impl Session {
                         return Flow::End(r);
                     }
                     match self.active.remove(&utterance_id) {
-                        Some(u) => self.end_utterance(utterance_id, u, reason),
+                        Some(u) => match self.end_utterance(utterance_id, u, reason) {
+                            Flow::Continue => self.on_utterance_ended(utterance_id, reason),
+                            end => end,
+                        },
                         None => Flow::Continue,
                     }
                 }
@@ -626,7 +667,10 @@ impl Session {
                 .into(),
             ),
         };
-        self.send_raw(msg)
+        match self.send_raw(msg) {
+            Flow::Continue => self.on_frame_sent(utterance_id, text_offset),
+            end => end,
+        }
     }
 
     fn end_utterance(&self, id: u64, u: Utterance, reason: EndReason) -> Flow {

@@ -1,0 +1,72 @@
+//! The parts of spoken conversation shared by all sessions, built at start:
+//! the hearing threads (Silero VAD), the speech recogniser and the responder.
+//! Each may be missing (no model installed, none configured); a session that
+//! needs one is then told why instead of failing silently.
+
+use std::sync::Arc;
+
+use duplex_reply::Responder;
+use duplex_speech::{Ears, Transcriber};
+
+use crate::config::{Conversation as Config, ResponderConfig};
+use crate::metrics::Metrics;
+
+/// Shared by every session (in `AppState`).
+#[derive(Debug)]
+pub struct Parts {
+    /// `Err`: why microphone audio is refused.
+    pub ears: Result<Arc<Ears>, String>,
+    /// `Err`: why user turns are not transcribed.
+    pub asr: Result<Arc<dyn Transcriber>, String>,
+    pub responder: Arc<dyn Responder>,
+    pub history_turns: usize,
+}
+
+impl Parts {
+    /// Loads the models (blocking: call from a blocking context).
+    pub fn load(config: &Config, metrics: &Metrics) -> Self {
+        let ears = load_ears(config, metrics);
+        if let Err(why) = &ears {
+            tracing::warn!(why, "microphone input is off");
+        }
+        let responder: Arc<dyn Responder> = match &config.responder {
+            ResponderConfig::Echo => Arc::new(duplex_reply::Echo),
+        };
+        let asr = Err("no speech recogniser is configured in this build".to_string());
+        tracing::info!(
+            vad = ears.is_ok(),
+            asr = asr.is_ok(),
+            responder = %responder.describe(),
+            "conversation parts ready"
+        );
+        Self { ears, asr, responder, history_turns: config.history_turns }
+    }
+
+    /// No microphone, no recogniser, the echo responder (text-only servers, tests).
+    pub fn none(why: &str) -> Self {
+        Self {
+            ears: Err(why.to_string()),
+            asr: Err(why.to_string()),
+            responder: Arc::new(duplex_reply::Echo),
+            history_turns: 0,
+        }
+    }
+}
+
+fn load_ears(config: &Config, metrics: &Metrics) -> Result<Arc<Ears>, String> {
+    if config.vad_model.as_os_str().is_empty() {
+        return Err("conversation.vad_model is empty".into());
+    }
+    if !config.vad_model.exists() {
+        return Err(format!(
+            "the VAD model {} is missing (run `just assets`, or set conversation.vad_model)",
+            config.vad_model.display()
+        ));
+    }
+    duplex_onnx::init_runtime(&config.onnxruntime_library).map_err(|e| e.to_string())?;
+    let window = metrics.vad_window.clone();
+    let observe = Arc::new(move |d: std::time::Duration| window.observe(d.as_secs_f64()));
+    Ears::start(&config.vad_model, config.vad_threads, config.vad.clone(), observe)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,390 @@
+//! The spoken conversation of a session: microphone audio goes to the
+//! hearing threads, their VAD events and the results of speech recognition
+//! and the responder drive the turn machine (`crate::turn`), and this module
+//! carries out what it decides — barge-in, transcription, replies spoken
+//! through the same TTS path as text, history.
+//!
+//! Barge-in acts on the VAD decision itself: any bot audio (a reply or text
+//! the client asked to hear) stops within the frame, the client is told to
+//! clear what it buffered, and the worker to stop synthesizing.
+
+use std::collections::{HashMap, VecDeque};
+
+use duplex_reply::{Exchange, Request};
+use duplex_speech::ears::Heard;
+use duplex_speech::{Listener, VadEvent};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Flow, Session};
+use crate::protocol::{EndReason, ErrorCode, ServerMessage};
+use crate::turn::{Action, Event, Machine, Notice, TurnId};
+
+/// Results of recognition and reply tasks waiting for the session loop. They
+/// are few per turn; full means the loop is stuck, and the task waits.
+const RESULT_QUEUE: usize = 64;
+
+/// Timestamps of one turn, for its metrics.
+#[derive(Debug, Default)]
+struct Timing {
+    speech_end: Option<Instant>,
+    transcript: Option<Instant>,
+    reply_asked: Option<Instant>,
+    first_text: Option<Instant>,
+    first_audio: Option<Instant>,
+}
+
+pub(super) struct Dialogue {
+    listener: Listener,
+    machine: Machine,
+    history: VecDeque<Exchange>,
+    results_tx: mpsc::Sender<Event>,
+    results_rx: mpsc::Receiver<Event>,
+    /// The reply being generated, and how to stop it.
+    reply: Option<(TurnId, CancellationToken)>,
+    /// TTS utterances carrying replies, by utterance id.
+    reply_utterances: HashMap<u64, TurnId>,
+    /// The reply utterance still receiving text.
+    open_reply: Option<(TurnId, u64)>,
+    timing: HashMap<TurnId, Timing>,
+    /// When the VAD decided the user speaks (barge-in reaction).
+    speech_decided: Option<std::time::Instant>,
+    told_no_asr: bool,
+}
+
+impl Dialogue {
+    fn new(listener: Listener) -> Self {
+        let (results_tx, results_rx) = mpsc::channel(RESULT_QUEUE);
+        Self {
+            listener,
+            machine: Machine::new(),
+            history: VecDeque::new(),
+            results_tx,
+            results_rx,
+            reply: None,
+            reply_utterances: HashMap::new(),
+            open_reply: None,
+            timing: HashMap::new(),
+            speech_decided: None,
+            told_no_asr: false,
+        }
+    }
+}
+
+/// What the dialogue has to say next: a VAD event or a task result.
+pub(super) enum Next {
+    Heard(Option<Heard>),
+    Result(Event),
+}
+
+/// Pending while there is no dialogue. Cancel-safe (channel receives).
+pub(super) async fn next(dialogue: &mut Option<Dialogue>) -> Next {
+    match dialogue {
+        Some(d) => tokio::select! {
+            heard = d.listener.events.recv() => Next::Heard(heard),
+            Some(result) = d.results_rx.recv() => Next::Result(result),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    /// Microphone audio from the client.
+    pub(super) fn on_mic(&mut self, pcm: Vec<i16>, sample_rate: u32) -> Flow {
+        if self.dialogue.as_ref().is_some_and(|d| d.listener.rate_hz() != sample_rate) {
+            self.dialogue = None; // a new rate: a new stream
+        }
+        if self.dialogue.is_none() {
+            let ears = match &self.state.conversation.ears {
+                Ok(ears) => ears.clone(),
+                Err(why) => {
+                    return self
+                        .error(ErrorCode::InvalidMessage, format!("microphone input is off on this server: {why}"));
+                }
+            };
+            match ears.listen(sample_rate) {
+                Ok(listener) => self.dialogue = Some(Dialogue::new(listener)),
+                Err(e) => return self.error(ErrorCode::InvalidMessage, e.to_string()),
+            }
+        }
+        let d = self.dialogue.as_ref().expect("created above");
+        match d.listener.push(pcm) {
+            Ok(()) => Flow::Continue,
+            Err(e) => self.error(ErrorCode::InvalidMessage, e.to_string()),
+        }
+    }
+
+    pub(super) fn on_dialogue(&mut self, next: Next) -> Flow {
+        match next {
+            Next::Heard(Some(Heard::Vad { event, at })) => self.on_vad(event, at),
+            Next::Heard(Some(Heard::Failed(why))) => {
+                self.dialogue = None;
+                self.error(ErrorCode::InternalError, format!("voice activity detection failed: {why}"))
+            }
+            Next::Heard(None) => {
+                self.dialogue = None;
+                Flow::Continue
+            }
+            Next::Result(event) => {
+                self.note_result(&event);
+                self.turn(event)
+            }
+        }
+    }
+
+    fn on_vad(&mut self, event: VadEvent, at: std::time::Instant) -> Flow {
+        match event {
+            VadEvent::SpeechStart { .. } => {
+                if let Some(d) = &mut self.dialogue {
+                    d.speech_decided = Some(at);
+                }
+                // Any bot audio stops now, reply or not.
+                if let Flow::End(r) = self.barge_in() {
+                    return Flow::End(r);
+                }
+                self.turn(Event::SpeechStarted)
+            }
+            VadEvent::SpeechEnd { audio, .. } => self.turn(Event::SpeechEnded { audio }),
+        }
+    }
+
+    /// Silences the bot: every utterance ends (stopped), the worker stops,
+    /// and the client is told to drop what it buffered.
+    fn barge_in(&mut self) -> Flow {
+        if self.active.is_empty() {
+            return Flow::Continue;
+        }
+        let ids: Vec<u64> = self.active.keys().copied().collect();
+        if let Flow::End(r) = self.stop_all() {
+            return Flow::End(r);
+        }
+        self.stop_worker();
+        if let Some(d) = &mut self.dialogue {
+            d.open_reply = None;
+            if let Some(at) = d.speech_decided {
+                self.state.metrics.barge_in.observe(at.elapsed().as_secs_f64());
+            }
+        }
+        tracing::debug!(utterances = ?ids, "barge-in");
+        self.send(ServerMessage::Clear { utterance_ids: ids })
+    }
+
+    /// The client sent STOP: a reply being spoken ends there.
+    pub(super) fn on_stopped_by_client(&mut self) -> Flow {
+        if self.dialogue.as_ref().is_some_and(|d| d.machine.bot_speaking()) {
+            return self.turn(Event::Silenced);
+        }
+        Flow::Continue
+    }
+
+    /// Feeds the turn machine and carries out what it decides.
+    fn turn(&mut self, event: Event) -> Flow {
+        let Some(d) = &mut self.dialogue else { return Flow::Continue };
+        let actions = d.machine.on_event(event);
+        for action in actions {
+            if let Flow::End(r) = self.act(action) {
+                return Flow::End(r);
+            }
+        }
+        if let Some(d) = &self.dialogue {
+            d.listener.set_bot_speaking(d.machine.bot_speaking());
+        }
+        Flow::Continue
+    }
+
+    fn act(&mut self, action: Action) -> Flow {
+        match action {
+            Action::StopSpeaking { .. } => self.barge_in(),
+            Action::CancelReply { turn } => {
+                if let Some(d) = &mut self.dialogue
+                    && let Some((t, cancel)) = &d.reply
+                    && *t == turn
+                {
+                    cancel.cancel();
+                    d.reply = None;
+                }
+                Flow::Continue
+            }
+            Action::Transcribe { turn, audio } => self.transcribe(turn, audio),
+            Action::Respond { turn, user } => self.respond(turn, user),
+            Action::Speak { turn, text, fresh, is_final } => self.speak(turn, text, fresh, is_final),
+            Action::Remember { user, assistant } => {
+                if let Some(d) = &mut self.dialogue {
+                    d.history.push_back(Exchange { user, assistant });
+                    while d.history.len() > self.state.conversation.history_turns {
+                        d.history.pop_front();
+                    }
+                }
+                Flow::Continue
+            }
+            Action::Notify(notice) => self.notify(notice),
+        }
+    }
+
+    fn transcribe(&mut self, turn: TurnId, audio: Vec<f32>) -> Flow {
+        let Some(d) = &mut self.dialogue else { return Flow::Continue };
+        d.timing.insert(turn, Timing { speech_end: Some(Instant::now()), ..Timing::default() });
+        let results = d.results_tx.clone();
+        match &self.state.conversation.asr {
+            Ok(asr) => {
+                let (asr, metrics) = (asr.clone(), self.state.metrics.clone());
+                self.state.tasks.spawn(async move {
+                    let started = std::time::Instant::now();
+                    let text = match asr.transcribe(audio).await {
+                        Ok(Ok(text)) => text,
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "speech recognition failed");
+                            String::new()
+                        }
+                        Err(_) => String::new(),
+                    };
+                    metrics.asr.observe(started.elapsed().as_secs_f64());
+                    let _ = results.send(Event::Transcript { turn, text }).await;
+                });
+                Flow::Continue
+            }
+            Err(why) => {
+                // Without recognition the turn has no words; say so once.
+                let _ = results.try_send(Event::Transcript { turn, text: String::new() });
+                if d.told_no_asr {
+                    return Flow::Continue;
+                }
+                d.told_no_asr = true;
+                let why = why.clone();
+                self.error(ErrorCode::InternalError, format!("speech was heard but cannot be understood: {why}"))
+            }
+        }
+    }
+
+    fn respond(&mut self, turn: TurnId, user: String) -> Flow {
+        let Some(d) = &mut self.dialogue else { return Flow::Continue };
+        if let Some((_, old)) = d.reply.take() {
+            old.cancel();
+        }
+        let cancel = self.state.shutdown.child_token();
+        d.reply = Some((turn, cancel.clone()));
+        d.timing.entry(turn).or_default().reply_asked = Some(Instant::now());
+        let request = Request { history: d.history.iter().cloned().collect(), user, cancel: cancel.clone() };
+        let mut pieces = self.state.conversation.responder.respond(request);
+        let results = d.results_tx.clone();
+        self.state.tasks.spawn(async move {
+            loop {
+                let piece = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    piece = pieces.recv() => piece,
+                };
+                let event = match piece {
+                    Some(Ok(text)) => Event::ReplyText { turn, text },
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "the responder failed");
+                        let _ = results.send(Event::ReplyFailed { turn, message: e.to_string() }).await;
+                        return;
+                    }
+                    None => {
+                        let _ = results.send(Event::ReplyDone { turn }).await;
+                        return;
+                    }
+                };
+                if results.send(event).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Flow::Continue
+    }
+
+    fn speak(&mut self, turn: TurnId, text: String, fresh: bool, is_final: bool) -> Flow {
+        let Some(d) = &mut self.dialogue else { return Flow::Continue };
+        let into = match d.open_reply {
+            Some((t, id)) if t == turn && !fresh => Some(id),
+            _ => None,
+        };
+        if into.is_none() && text.is_empty() && is_final {
+            return Flow::Continue; // nothing open to finish
+        }
+        let (id, flow) = self.add_text(into, text, is_final);
+        if let Some(d) = &mut self.dialogue {
+            d.reply_utterances.insert(id, turn);
+            d.open_reply = if is_final { None } else { Some((turn, id)) };
+        }
+        flow
+    }
+
+    fn notify(&mut self, notice: Notice) -> Flow {
+        let msg = match notice {
+            Notice::State { state, turn } => ServerMessage::State { state: state.into(), turn },
+            Notice::Transcript { turn, text } => ServerMessage::Transcript { turn, text, is_final: true },
+            Notice::Reply { turn, text } => ServerMessage::Reply { turn, text },
+            Notice::Interrupted { turn, heard } => ServerMessage::Interrupted { turn, heard },
+            Notice::Resumed { turn, from_char } => {
+                self.state.metrics.false_barge_ins.inc();
+                ServerMessage::Resumed { turn, from_char }
+            }
+        };
+        self.send(msg)
+    }
+
+    /// Timestamps for the turn's metrics.
+    fn note_result(&mut self, event: &Event) {
+        let Some(d) = &mut self.dialogue else { return };
+        let now = Instant::now();
+        match event {
+            Event::Transcript { turn, .. } => {
+                d.timing.entry(*turn).or_default().transcript = Some(now);
+            }
+            Event::ReplyText { turn, .. } => {
+                let t = d.timing.entry(*turn).or_default();
+                if t.first_text.is_none() {
+                    t.first_text = Some(now);
+                    if let Some(asked) = t.reply_asked {
+                        self.state.metrics.reply_first_text.observe((now - asked).as_secs_f64());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A frame of utterance `id` was sent to the client.
+    pub(super) fn on_frame_sent(&mut self, id: u64, text_offset: usize) -> Flow {
+        let Some(d) = &mut self.dialogue else { return Flow::Continue };
+        let Some(&turn) = d.reply_utterances.get(&id) else { return Flow::Continue };
+        let now = Instant::now();
+        let t = d.timing.entry(turn).or_default();
+        let first = t.first_audio.is_none();
+        if first {
+            t.first_audio = Some(now);
+        }
+        let report = first.then(|| {
+            let since = |at: Option<Instant>| at.and_then(|a| t.speech_end.map(|end| (a - end).as_secs_f64() * 1e3));
+            if let Some(end) = t.speech_end {
+                self.state.metrics.turn_latency.observe((now - end).as_secs_f64());
+            }
+            ServerMessage::TurnMetrics {
+                turn,
+                transcript_ms: since(t.transcript),
+                first_reply_text_ms: since(t.first_text),
+                first_audio_ms: since(t.first_audio),
+            }
+        });
+        if let Some(msg) = report
+            && let Flow::End(r) = self.send(msg)
+        {
+            return Flow::End(r);
+        }
+        self.turn(Event::Played { turn, text_offset })
+    }
+
+    /// Utterance `id` ended for the client.
+    pub(super) fn on_utterance_ended(&mut self, id: u64, reason: EndReason) -> Flow {
+        let Some(d) = &mut self.dialogue else { return Flow::Continue };
+        let Some(turn) = d.reply_utterances.remove(&id) else { return Flow::Continue };
+        let still_open = d.open_reply.is_some_and(|(t, _)| t == turn);
+        if reason == EndReason::Completed && !still_open {
+            d.timing.remove(&turn);
+            return self.turn(Event::PlaybackDone { turn });
+        }
+        Flow::Continue
+    }
+}

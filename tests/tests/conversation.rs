@@ -1,0 +1,147 @@
+//! The spoken side of a session, driven by real speech (the Piper voice)
+//! streamed in real time as microphone audio: barge-in over the bot's audio,
+//! the `clear` event, silence that never triggers anything.
+
+use std::time::{Duration, Instant};
+
+use duplex_cli::client::{Client, Event};
+use duplex_orchestrator::protocol::{AudioFormat, EndReason, ServerMessage};
+use duplex_tests::speech::{silence, spoken, with_hearing};
+use duplex_tests::*;
+
+const RATE: u32 = 16_000;
+/// 20 ms of microphone audio at RATE.
+const CHUNK: usize = RATE as usize / 50;
+
+/// What the client saw, with arrival times.
+#[derive(Debug, Default)]
+struct Seen {
+    /// (utterance, arrival)
+    frames: Vec<(u64, Instant)>,
+    messages: Vec<(ServerMessage, Instant)>,
+}
+
+impl Seen {
+    fn first(&self, pred: impl Fn(&ServerMessage) -> bool) -> Option<(usize, Instant)> {
+        self.messages.iter().enumerate().find(|(_, (m, _))| pred(m)).map(|(i, (_, at))| (i, *at))
+    }
+}
+
+/// Streams `mic` in real time (20 ms chunks) while reading what arrives;
+/// reads on for `after` once all is sent.
+async fn converse(c: &mut Client, mic: &[i16], after: Duration) -> Seen {
+    let mut seen = Seen::default();
+    let mut ticks = tokio::time::interval(Duration::from_millis(20));
+    let mut chunks = mic.chunks(CHUNK).enumerate();
+    let mut done_at: Option<tokio::time::Instant> = None;
+    loop {
+        let until = done_at.map(|d| d + after);
+        tokio::select! {
+            _ = ticks.tick(), if done_at.is_none() => match chunks.next() {
+                Some((i, chunk)) => c.send_mic(RATE, i as u64, chunk).await.unwrap(),
+                None => done_at = Some(tokio::time::Instant::now()),
+            },
+            ev = c.next() => match ev.unwrap() {
+                Event::Audio { utterance_id, at, .. } => seen.frames.push((utterance_id, at)),
+                Event::Message { message, at } => seen.messages.push((message, at)),
+                Event::Closed(code) => panic!("closed {code:?}"),
+            },
+            _ = tokio::time::sleep_until(until.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600))), if until.is_some() => return seen,
+        }
+    }
+}
+
+async fn stack() -> Stack {
+    Stack::start(realtime_worker_config(), with_hearing).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speaking_over_the_bot_stops_it_and_clears_the_client() {
+    let stack = stack().await;
+    let mut c = stack.client(AudioFormat::Binary).await;
+    c.send_text("This is a long answer that the user will not let me finish, because they talk over it.", true)
+        .await
+        .unwrap();
+    let speech = spoken("Wait, stop please.", RATE);
+    let mut mic = silence(1_500, RATE); // the bot speaks alone for a while
+    let speech_starts = Duration::from_millis(1_500);
+    mic.extend(&speech);
+    mic.extend(silence(800, RATE));
+    let started = Instant::now();
+    let seen = converse(&mut c, &mic, Duration::from_millis(500)).await;
+
+    let (clear_at, cleared) = seen
+        .first(|m| matches!(m, ServerMessage::Clear { .. }))
+        .map(|(i, at)| (at, seen.messages[i].0.clone()))
+        .expect("a clear event");
+    let ServerMessage::Clear { utterance_ids } = cleared else { unreachable!() };
+    assert_eq!(utterance_ids, vec![1]);
+    // The bot was talking before, and not one frame of it came after the clear.
+    assert!(seen.frames.iter().any(|(u, at)| *u == 1 && *at < clear_at));
+    assert!(!seen.frames.iter().any(|(u, at)| *u == 1 && *at > clear_at), "audio after clear");
+    let reaction = clear_at - started - speech_starts;
+    eprintln!("clear {reaction:?} after the speech began in the input");
+    assert!(reaction < Duration::from_millis(1_000), "stopped {reaction:?} after the speech began");
+    // The utterance ended as stopped, and the state went to the user.
+    assert!(
+        seen.messages
+            .iter()
+            .any(|(m, _)| matches!(m, ServerMessage::UtteranceEnd { utterance_id: 1, reason: EndReason::Stopped, .. }))
+    );
+    assert!(
+        seen.messages.iter().any(|(m, _)| matches!(m, ServerMessage::State { state, .. } if state == "user_speaking"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silence_never_interrupts_or_starts_a_turn() {
+    let stack = stack().await;
+    let mut c = stack.client(AudioFormat::Binary).await;
+    c.send_text("A short answer that plays to its end.", true).await.unwrap();
+    let seen = converse(&mut c, &silence(3_500, RATE), Duration::from_millis(300)).await;
+    assert!(
+        !seen.messages.iter().any(|(m, _)| matches!(m, ServerMessage::Clear { .. } | ServerMessage::State { .. })),
+        "{:?}",
+        seen.messages
+    );
+    assert!(
+        seen.messages.iter().any(|(m, _)| matches!(
+            m,
+            ServerMessage::UtteranceEnd { utterance_id: 1, reason: EndReason::Completed, .. }
+        ))
+    );
+    assert_eq!(seen.frames.len() as u64, mock_frames("A short answer that plays to its end."));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn microphone_input_is_refused_clearly_when_off_or_malformed() {
+    // No VAD model configured: mic audio gets an error, the session goes on.
+    let deaf = Stack::start(worker_config(), |c| c.conversation.vad_model = "".into()).await;
+    let mut c = deaf.client(AudioFormat::Binary).await;
+    c.send_mic(RATE, 0, &silence(20, RATE)).await.unwrap();
+    let mut heard = Heard::default();
+    read_until(&mut c, &mut heard, Duration::from_secs(5), is_error).await;
+    let Some(ServerMessage::Error { message, .. }) = heard.messages.last() else { unreachable!() };
+    assert!(message.contains("microphone input is off"), "{message}");
+    c.send_text("still here", true).await.unwrap();
+    read_until(&mut c, &mut heard, Duration::from_secs(5), is_utterance_end).await;
+
+    // With hearing on: an unsupported rate and an oversized chunk are refused.
+    let stack = stack().await;
+    let mut c = stack.client(AudioFormat::Binary).await;
+    c.send_mic(11_025, 0, &[0; 220]).await.unwrap();
+    c.send_mic(RATE, 1, &[0; 4_000]).await.unwrap();
+    let mut heard = Heard::default();
+    read_until(&mut c, &mut heard, Duration::from_secs(5), is_error).await;
+    read_until(&mut c, &mut heard, Duration::from_secs(5), is_error).await;
+    let errors: Vec<String> = heard
+        .messages
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::Error { message, .. } => Some(message.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(errors[0].contains("11025"), "{errors:?}");
+    assert!(errors[1].contains("samples in one message"), "{errors:?}");
+}
