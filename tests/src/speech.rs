@@ -81,4 +81,8 @@ pub fn with_hearing(config: &mut duplex_orchestrator::Config) {
     let assets = assets();
     config.conversation.onnxruntime_library = assets.join("onnxruntime/libonnxruntime.so.1.31.1");
     config.conversation.vad_model = silero_model();
+    config.conversation.asr = duplex_orchestrator::config::AsrConfig::Whisper(duplex_asr::WhisperConfig {
+        model_dir: whisper_dir(),
+        ..Default::default()
+    });
 }

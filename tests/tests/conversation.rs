@@ -30,6 +30,12 @@ impl Seen {
 /// Streams `mic` in real time (20 ms chunks) while reading what arrives;
 /// reads on for `after` once all is sent.
 async fn converse(c: &mut Client, mic: &[i16], after: Duration) -> Seen {
+    converse_until(c, mic, after, |_| false).await
+}
+
+/// Like `converse`, but also returns as soon as `done` holds for a message
+/// received after the microphone audio was all sent (or the wait ends).
+async fn converse_until(c: &mut Client, mic: &[i16], after: Duration, done: impl Fn(&ServerMessage) -> bool) -> Seen {
     let mut seen = Seen::default();
     let mut ticks = tokio::time::interval(Duration::from_millis(20));
     let mut chunks = mic.chunks(CHUNK).enumerate();
@@ -43,7 +49,13 @@ async fn converse(c: &mut Client, mic: &[i16], after: Duration) -> Seen {
             },
             ev = c.next() => match ev.unwrap() {
                 Event::Audio { utterance_id, at, .. } => seen.frames.push((utterance_id, at)),
-                Event::Message { message, at } => seen.messages.push((message, at)),
+                Event::Message { message, at } => {
+                    let stop = done_at.is_some() && done(&message);
+                    seen.messages.push((message, at));
+                    if stop {
+                        return seen;
+                    }
+                }
                 Event::Closed(code) => panic!("closed {code:?}"),
             },
             _ = tokio::time::sleep_until(until.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600))), if until.is_some() => return seen,
@@ -144,4 +156,97 @@ async fn microphone_input_is_refused_clearly_when_off_or_malformed() {
         .collect();
     assert!(errors[0].contains("11025"), "{errors:?}");
     assert!(errors[1].contains("samples in one message"), "{errors:?}");
+}
+
+fn texts(seen: &Seen, pick: impl Fn(&ServerMessage) -> Option<String>) -> Vec<String> {
+    seen.messages.iter().filter_map(|(m, _)| pick(m)).collect()
+}
+
+fn states(seen: &Seen) -> Vec<String> {
+    texts(seen, |m| match m {
+        ServerMessage::State { state, .. } => Some(state.clone()),
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoken_question_gets_a_transcript_a_reply_and_its_audio() {
+    let stack = stack().await;
+    let mut c = stack.client(AudioFormat::Json).await;
+    let mut mic = silence(500, RATE);
+    mic.extend(spoken("What is the weather like in Paris today?", RATE));
+    mic.extend(silence(1_000, RATE));
+    let seen = converse_until(
+        &mut c,
+        &mic,
+        Duration::from_secs(20),
+        |m| matches!(m, ServerMessage::State { state, .. } if state == "listening"),
+    )
+    .await;
+    let transcript = texts(&seen, |m| match m {
+        ServerMessage::Transcript { text, .. } => Some(text.clone()),
+        _ => None,
+    });
+    assert_eq!(transcript.len(), 1, "{:?}", seen.messages);
+    let heard = transcript[0].to_lowercase();
+    assert!(heard.contains("weather") && heard.contains("paris"), "{heard:?}");
+    let reply = texts(&seen, |m| match m {
+        ServerMessage::Reply { text, .. } => Some(text.clone()),
+        _ => None,
+    })
+    .concat();
+    assert_eq!(reply, format!("You said: {}", transcript[0]));
+    assert_eq!(states(&seen), ["user_speaking", "thinking", "speaking", "listening"]);
+    // The reply was spoken: its utterance's frames all arrived and it completed.
+    let reply_frames = seen.frames.iter().filter(|(u, _)| *u == 1).count() as u64;
+    assert_eq!(reply_frames, mock_frames(&reply));
+    assert!(
+        seen.messages.iter().any(|(m, _)| matches!(
+            m,
+            ServerMessage::UtteranceEnd { utterance_id: 1, reason: EndReason::Completed, .. }
+        ))
+    );
+    let metrics = seen.messages.iter().find_map(|(m, _)| match m {
+        ServerMessage::TurnMetrics { transcript_ms, first_audio_ms, .. } => Some((*transcript_ms, *first_audio_ms)),
+        _ => None,
+    });
+    let (Some(asr_ms), Some(audio_ms)) = metrics.expect("turn metrics") else { panic!("{metrics:?}") };
+    eprintln!(
+        "transcript after {asr_ms:.0} ms, first reply audio after {audio_ms:.0} ms (from the VAD's end of speech)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backchannel_over_the_reply_does_not_end_it() {
+    let stack = stack().await;
+    let mut c = stack.client(AudioFormat::Json).await;
+    // A question, then "mm-hmm" while the (long) echoed reply plays.
+    let question = "Tell me everything you know about the long history of the city of Rome please.";
+    let mut mic = silence(300, RATE);
+    mic.extend(spoken(question, RATE));
+    mic.extend(silence(3_500, RATE));
+    mic.extend(spoken("Mm-hmm.", RATE));
+    mic.extend(silence(1_000, RATE));
+    let seen = converse_until(
+        &mut c,
+        &mic,
+        Duration::from_secs(30),
+        |m| matches!(m, ServerMessage::State { state, .. } if state == "listening"),
+    )
+    .await;
+    let resumed = seen.messages.iter().any(|(m, _)| matches!(m, ServerMessage::Resumed { turn: 1, .. }));
+    let transcripts = texts(&seen, |m| match m {
+        ServerMessage::Transcript { text, .. } => Some(text.clone()),
+        _ => None,
+    });
+    assert!(resumed, "transcripts {transcripts:?}, states {:?}", states(&seen));
+    assert!(!seen.messages.iter().any(|(m, _)| matches!(m, ServerMessage::Interrupted { .. })));
+    // The reply went on in a new utterance after the clear, and finished.
+    assert!(seen.messages.iter().any(|(m, _)| matches!(m, ServerMessage::Clear { .. })));
+    assert!(
+        seen.messages.iter().any(|(m, _)| matches!(
+            m,
+            ServerMessage::UtteranceEnd { utterance_id: 2, reason: EndReason::Completed, .. }
+        ))
+    );
 }

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub use duplex_asr::WhisperConfig;
 pub use duplex_speech::VadConfig;
 
 use duplex_telemetry::LogConfig;
@@ -32,9 +33,19 @@ pub struct Conversation {
     /// Threads running VAD for all sessions (each ~0.1 ms per 32 ms window).
     pub vad_threads: usize,
     pub vad: VadConfig,
+    pub asr: AsrConfig,
     pub responder: ResponderConfig,
     /// Exchanges of history given to the responder.
     pub history_turns: usize,
+}
+
+/// Which speech recogniser transcribes user turns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "engine", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AsrConfig {
+    /// None: speech is heard (barge-in works) but not understood.
+    None,
+    Whisper(WhisperConfig),
 }
 
 /// Which responder answers the user.
@@ -186,6 +197,7 @@ impl Default for Conversation {
             vad_model: PathBuf::from(".cache/assets/vad/silero_vad.onnx"),
             vad_threads: 1,
             vad: VadConfig::default(),
+            asr: AsrConfig::Whisper(WhisperConfig::default()),
             responder: ResponderConfig::Echo,
             history_turns: 20,
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use duplex_reply::Responder;
 use duplex_speech::{Ears, Transcriber};
 
-use crate::config::{Conversation as Config, ResponderConfig};
+use crate::config::{AsrConfig, Conversation as Config, ResponderConfig};
 use crate::metrics::Metrics;
 
 /// Shared by every session (in `AppState`).
@@ -32,10 +32,19 @@ impl Parts {
         let responder: Arc<dyn Responder> = match &config.responder {
             ResponderConfig::Echo => Arc::new(duplex_reply::Echo),
         };
-        let asr = Err("no speech recogniser is configured in this build".to_string());
+        let asr: Result<Arc<dyn Transcriber>, String> = match &config.asr {
+            _ if ears.is_err() => Err("microphone input is off".into()),
+            AsrConfig::None => Err("no speech recogniser is configured (conversation.asr.engine: none)".into()),
+            AsrConfig::Whisper(w) => duplex_asr::Whisper::start(w)
+                .map(|w| Arc::new(w) as Arc<dyn Transcriber>)
+                .map_err(|e| format!("Whisper did not load: {e}")),
+        };
+        if let Err(why) = &asr {
+            tracing::warn!(why, "user turns are not transcribed");
+        }
         tracing::info!(
             vad = ears.is_ok(),
-            asr = asr.is_ok(),
+            asr = %asr.as_ref().map(|a| a.describe()).unwrap_or_else(|_| "off".into()),
             responder = %responder.describe(),
             "conversation parts ready"
         );

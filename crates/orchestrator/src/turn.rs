@@ -261,8 +261,8 @@ impl Machine {
             }
             (S::Thinking { turn, cut, earlier }, E::Transcript { turn: t, text }) if t == turn => {
                 let user = join(&earlier.map(|(_, w)| w).unwrap_or_default(), &text);
-                if user.is_empty() {
-                    // Not speech after all.
+                if user.is_empty() || (cut.is_some() && is_backchannel(&user)) {
+                    // Not speech after all, or "mm-hm" while the bot talks: go on.
                     return match cut {
                         Some(cut) => self.resume(cut, out),
                         None => S::Listening,
@@ -364,6 +364,23 @@ impl Machine {
     }
 }
 
+/// Sounds a listener makes while someone else talks ("mm-hmm", "uh-huh",
+/// "okay"): said over a reply they do not interrupt it.
+const BACKCHANNELS: &[&str] =
+    &["uh", "um", "umm", "hm", "hmm", "hmmm", "mm", "mmm", "mhm", "mm-hmm", "uh-huh", "ah", "oh", "er", "okay"];
+
+/// Whether `text` is nothing but backchannel sounds.
+pub fn is_backchannel(text: &str) -> bool {
+    let words: Vec<String> = text
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric() && c != '-').to_lowercase())
+        .filter(|w| !w.is_empty())
+        .collect();
+    // A hum however it is spelled ("mmm", "nmmm", "mhmm"): only m, h and n.
+    let hum = |w: &str| w.len() >= 2 && w.chars().all(|c| matches!(c, 'm' | 'h' | 'n'));
+    !words.is_empty() && words.iter().all(|w| BACKCHANNELS.contains(&w.as_str()) || hum(w))
+}
+
 /// `a` then `b`, trimmed, one blank between.
 fn join(a: &str, b: &str) -> String {
     format!("{} {}", a.trim(), b.trim()).trim().to_string()
@@ -457,6 +474,23 @@ mod tests {
             user: "What time is it?".into(),
             assistant: "It is noon. The sun is high.".into()
         }));
+    }
+
+    #[test]
+    fn a_backchannel_over_the_reply_resumes_it_but_is_a_turn_when_alone() {
+        assert!(is_backchannel("Mm-hmm.") && is_backchannel("Uh, okay") && is_backchannel(" Hmm? "));
+        assert!(is_backchannel("NMMM.") && !is_backchannel("Man."));
+        assert!(!is_backchannel("Hmm, stop.") && !is_backchannel(""));
+        let mut m = speaking("It is noon. The sun is high.");
+        m.on_event(Event::SpeechStarted);
+        m.on_event(Event::SpeechEnded { audio: vec![] });
+        let a = m.on_event(Event::Transcript { turn: 2, text: "Mm-hmm.".into() });
+        assert!(a.contains(&Action::Notify(Notice::Resumed { turn: 1, from_char: 0 })));
+        let mut idle = Machine::new();
+        idle.on_event(Event::SpeechStarted);
+        idle.on_event(Event::SpeechEnded { audio: vec![] });
+        let a = idle.on_event(Event::Transcript { turn: 1, text: "Hmm?".into() });
+        assert!(a.contains(&Action::Respond { turn: 1, user: "Hmm?".into() }));
     }
 
     #[test]
