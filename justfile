@@ -60,6 +60,11 @@ bench-routing: deps
     cargo build --release -p duplex-cli -p duplex-worker -p duplex-orchestrator
     cargo run --quiet --release -p duplex-cli --bin duplex -- bench-routing
 
+# Benchmark the spoken conversation: VAD, ASR, turn latency, barge-in (real voice as the user).
+bench-duplex *ARGS: assets
+    cargo build --release -p duplex-cli -p duplex-worker -p duplex-orchestrator
+    cargo run --quiet --release -p duplex-cli --bin duplex -- bench-duplex {{ARGS}}
+
 # Speak text through a running demo and save it (`just talk "Hello" out.wav`).
 talk TEXT OUT="reply.wav":
     cargo run --quiet -p duplex-cli --bin duplex -- talk "{{TEXT}}" --out "{{OUT}}"

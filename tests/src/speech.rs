@@ -2,12 +2,8 @@
 //! assets` fetches, at any rate, with silence around them.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
-use duplex_piper::{PiperConfig, PiperEngine};
-use duplex_tts::{Engine, Step, SynthesisParams};
-
-pub const VOICE: &str = "en_US-joe-medium";
+pub use duplex_cli::voice::VOICE;
 
 /// `.cache/assets`, checked to hold the voice, ONNX Runtime and Silero VAD.
 pub fn assets() -> PathBuf {
@@ -34,36 +30,7 @@ pub fn silero_model() -> PathBuf {
 
 /// `text` spoken by the Piper voice, mono s16 at `rate_hz`.
 pub fn spoken(text: &str, rate_hz: u32) -> Vec<i16> {
-    init_onnx();
-    let config = PiperConfig {
-        model_id: VOICE.into(),
-        voice_dir: assets().join("voices").join(VOICE),
-        threads: 1,
-        intra_op_threads: 1,
-        sentence_silence_ms: 0,
-        noise_scale: None,
-        length_scale: None,
-        noise_w: None,
-    };
-    let mut engine = PiperEngine::load(&config).expect("the voice loads");
-    let voice_rate = engine.descriptor().sample_rate_hz;
-    let mut synthesis = engine.start(&SynthesisParams::default()).unwrap();
-    synthesis.push_text(text);
-    synthesis.finish_text();
-    let mut audio = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match synthesis.step(Instant::now()).expect("synthesis") {
-            Step::Audio(a) => audio.extend(a),
-            Step::Done => break,
-            Step::NotBefore(_) | Step::Speaking { .. } | Step::NeedText => {}
-        }
-        assert!(Instant::now() < deadline, "synthesis finished");
-    }
-    let mut resampler = duplex_audio::Resampler::new(voice_rate, rate_hz);
-    let mut out = resampler.push(&audio);
-    out.extend(resampler.finish());
-    out.iter().map(|s| (s.clamp(-1.0, 1.0) * 32_767.0) as i16).collect()
+    duplex_cli::voice::speak(&assets(), text, rate_hz).expect("the voice speaks")
 }
 
 /// `ms` of silence at `rate_hz`.

@@ -126,7 +126,19 @@ async fn a_reconnecting_session_returns_to_its_worker() {
     assert!(ttl_ms > 500_000, "{ttl_ms}");
 
     on_b.close().await;
-    tokio::time::sleep(Duration::from_millis(200)).await; // its EndSession reaches b
+    // Its EndSession reaches b, b's next heartbeat says so, and the
+    // orchestrator's view (100 ms scans) has it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let json: String = redis::cmd("GET").arg("worker:b").query_async(&mut conn).await.unwrap();
+        let record: duplex_discovery::WorkerRecord = serde_json::from_str(&json).unwrap();
+        if record.load.active_sessions == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "b reports its session ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
     // A new session takes b's place: a=1, b=1, and ties go to "a"...
     let (_third, h) = talk(&url, "third").await;
     assert!(completed(&h));

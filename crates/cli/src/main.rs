@@ -59,6 +59,14 @@ enum Cmd {
         max_sessions: usize,
     },
     /// Measure routing: selection cost, registry scan, dead-worker detection.
+    /// Measure the spoken conversation: VAD, ASR, turn latency, barge-in.
+    BenchDuplex {
+        #[arg(long, default_value = ".cache/assets", env = "DUPLEX_ASSETS")]
+        assets: PathBuf,
+        /// Question-and-interruption rounds.
+        #[arg(long, default_value_t = 10)]
+        turns: usize,
+    },
     BenchRouting {
         #[arg(long, default_value = "redis://127.0.0.1:6379", env = "REDIS_URL")]
         redis: String,
@@ -132,6 +140,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::BenchTts { assets, reps, max_sessions } => {
             duplex_cli::bench_tts::run(duplex_cli::bench_tts::TtsBenchArgs { assets, reps, max_sessions }).await
+        }
+        Cmd::BenchDuplex { assets, turns } => {
+            duplex_cli::bench_duplex::run(duplex_cli::bench_duplex::DuplexBenchArgs { assets, turns }).await
         }
         Cmd::BenchRouting { redis } => duplex_cli::bench_routing::run(&redis).await,
         Cmd::Assets { dir, voice } => {

@@ -455,7 +455,7 @@ mod tests {
             Err(DecodeError::AudioInput(_))
         ));
         assert!(matches!(decode_binary(&encode_mic_audio(4_000, 1, &pcm), 10_000), Err(DecodeError::AudioInput(_))));
-        let odd = r#"{"type":"audio_in","pcm":"AAA=","sample_rate":16000}"#;
+        let odd = r#"{"type":"audio_in","pcm":"AA==","sample_rate":16000}"#; // one byte
         assert!(matches!(decode_text(odd, 10_000), Err(DecodeError::AudioInput(_))));
     }
 

@@ -44,10 +44,14 @@ impl Default for VadConfig {
             start_threshold: 0.5,
             stop_threshold: 0.35,
             min_speech_ms: 96,
-            min_silence_ms: 512,
+            // `just bench-duplex`: 288 ms is the shortest silence that cut
+            // none of its multi-clause turns in two; one window of margin.
+            min_silence_ms: 320,
             preroll_ms: 256,
+            // Barge-in within 150 ms of the onset needs the decision by ~100 ms;
+            // echo is left to the client's echo cancellation and the threshold.
             start_threshold_while_speaking: 0.7,
-            min_speech_ms_while_speaking: 160,
+            min_speech_ms_while_speaking: 96,
             max_speech_ms: 30_000,
         }
     }
@@ -197,7 +201,14 @@ mod tests {
     }
 
     fn cfg() -> VadConfig {
-        VadConfig { min_speech_ms: 96, min_silence_ms: 320, preroll_ms: 64, ..VadConfig::default() }
+        VadConfig {
+            min_speech_ms: 96,
+            min_silence_ms: 320,
+            preroll_ms: 64,
+            start_threshold_while_speaking: 0.7,
+            min_speech_ms_while_speaking: 160,
+            ..VadConfig::default()
+        }
     }
 
     #[test]
