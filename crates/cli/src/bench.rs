@@ -102,6 +102,15 @@ async fn http_status(addr: &str, path: &str) -> Option<u16> {
 
 /// Starts both services; `worker_config` None = the worker's built-in mock defaults.
 pub(crate) async fn start_stack(max_sessions: usize, worker_config: Option<&std::path::Path>) -> anyhow::Result<Stack> {
+    start_stack_with(max_sessions, worker_config, None).await
+}
+
+/// `start_stack` with an orchestrator config file too.
+pub(crate) async fn start_stack_with(
+    max_sessions: usize,
+    worker_config: Option<&std::path::Path>,
+    orchestrator_config: Option<&std::path::Path>,
+) -> anyhow::Result<Stack> {
     let (grpc, ws, probes) = (free_port()?, free_port()?, free_port()?);
     let quiet = [("LOG_LEVEL", "warn"), ("MAX_CONCURRENT_SESSIONS", &max_sessions.to_string())]
         .map(|(k, v)| (k.to_string(), v.to_string()));
@@ -117,7 +126,11 @@ pub(crate) async fn start_stack(max_sessions: usize, worker_config: Option<&std:
         .kill_on_drop(true)
         .spawn()
         .context("starting duplex-worker")?;
-    let orchestrator = Process::new(sibling_binary("duplex-orchestrator")?)
+    let mut orchestrator = Process::new(sibling_binary("duplex-orchestrator")?);
+    if let Some(path) = orchestrator_config {
+        orchestrator.arg("--config").arg(path);
+    }
+    let orchestrator = orchestrator
         .args(["--port", &ws.to_string(), "--worker", &format!("grpc://127.0.0.1:{grpc}")])
         .env_remove("REDIS_URL")
         .env("ORCHESTRATOR_HEALTH_PORT", probes.to_string())

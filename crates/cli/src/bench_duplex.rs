@@ -15,9 +15,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use duplex_orchestrator::protocol::{AudioFormat, ServerMessage};
+use duplex_orchestrator::protocol::{AudioFormat, Command, ServerMessage};
 
-use crate::bench::start_stack;
+use crate::bench::start_stack_with;
 use crate::client::{Client, Event};
 use crate::stats::Summary;
 use crate::voice::{VOICE, speak, speech_bounds};
@@ -138,6 +138,39 @@ fn asr(args: &DuplexBenchArgs, clips: &[Vec<i16>], pad_ms: u32) -> anyhow::Resul
     Ok((Summary::of(&mut ms), Summary::of(&mut rtf), found as f64 / total as f64))
 }
 
+/// Time to the first token and tokens per second of the local model, on the
+/// questions as text.
+fn llm(args: &DuplexBenchArgs) -> anyhow::Result<(Summary, Summary)> {
+    let config = duplex_reply::LocalConfig {
+        model_path: args.assets.join("llm/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        ..Default::default()
+    };
+    let mut g = duplex_reply::local::Generator::load(&config)?;
+    let (mut first, mut rate) = (Vec::new(), Vec::new());
+    for question in QUESTIONS.iter().chain(QUESTIONS) {
+        let request = duplex_reply::Request {
+            history: Vec::new(),
+            user: question.to_string(),
+            cancel: tokio_util::sync::CancellationToken::new(),
+        };
+        let started = Instant::now();
+        let mut first_at = None;
+        let n = g.generate(&request, &mut |_| {
+            first_at.get_or_insert_with(Instant::now);
+            true
+        })?;
+        let took = started.elapsed().as_secs_f64();
+        if let Some(at) = first_at {
+            first.push((at - started).as_secs_f64() * 1e3);
+            let after_first = took - (at - started).as_secs_f64();
+            if n > 1 && after_first > 0.0 {
+                rate.push((n - 1) as f64 / after_first);
+            }
+        }
+    }
+    Ok((Summary::of(&mut first), Summary::of(&mut rate)))
+}
+
 /// Streams `mic` in real time from `t0`, returning what arrived; stops
 /// `after` the audio ends or when `done` holds.
 async fn stream(
@@ -202,9 +235,46 @@ pub async fn run(args: DuplexBenchArgs) -> anyhow::Result<()> {
         println!("    real-time factor p50 {:.2}, words recognised {:.0} %", rtf.p50, words * 100.0);
     }
 
-    let config = std::env::temp_dir().join(format!("duplex-bench-duplex-{}.yaml", std::process::id()));
-    std::fs::write(&config, worker_yaml(&args.assets))?;
-    let stack = start_stack(4, Some(&config)).await?;
+    let (ttft, rate) = llm(&args)?;
+    println!("local LLM, first token (ms):        {ttft}");
+    println!("local LLM, tokens per second:       {rate}");
+
+    let worker = std::env::temp_dir().join(format!("duplex-bench-duplex-{}.yaml", std::process::id()));
+    std::fs::write(&worker, worker_yaml(&args.assets))?;
+    for responder in ["echo", "local"] {
+        let orchestrator =
+            std::env::temp_dir().join(format!("duplex-bench-duplex-{responder}-{}.yaml", std::process::id()));
+        std::fs::write(&orchestrator, format!("conversation:\n  responder:\n    kind: {responder}\n"))?;
+        let stack = start_stack_with(4, Some(&worker), Some(&orchestrator)).await?;
+        let result = conversation(&args, &stack, &clips, responder == "echo").await;
+        let _ = std::fs::remove_file(&orchestrator);
+        let (mut turn_ms, mut clear_ms, late_frames) = result?;
+        println!("[{responder}] turn latency, end of speech → first reply audio (ms): {}", Summary::of(&mut turn_ms));
+        if !clear_ms.is_empty() {
+            println!(
+                "[{responder}] barge-in, speech onset in the input → clear (ms):     {}",
+                Summary::of(&mut clear_ms)
+            );
+            println!("[{responder}] frames of the interrupted reply after its clear:      {late_frames}");
+        }
+    }
+    let _ = std::fs::remove_file(&worker);
+    println!(
+        "(end of turn waits for {} ms of silence; barge-in needs {} ms of speech while the bot talks)",
+        duplex_speech::VadConfig::default().min_silence_ms,
+        duplex_speech::VadConfig::default().min_speech_ms_while_speaking
+    );
+    Ok(())
+}
+
+/// Turns against a running stack: turn latencies, and (with `barge_in`)
+/// interruption timings and frames that came after a clear.
+async fn conversation(
+    args: &DuplexBenchArgs,
+    stack: &crate::bench::Stack,
+    clips: &[Vec<i16>],
+    barge_in: bool,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>, usize)> {
     let mut c = Client::connect(&stack.url, AudioFormat::Binary).await?;
     c.session_start().await?;
     let mut sequence = 0;
@@ -220,17 +290,42 @@ pub async fn run(args: DuplexBenchArgs) -> anyhow::Result<()> {
         let mut first_audio = None;
         let t0 = stream(&mut c, &mic, &mut sequence, Duration::from_secs(20), |ev, _| {
             match ev {
+                // A model's reply can be long: it is stopped once it is heard.
+                Event::Audio { at, .. } if first_audio.is_none() && !barge_in => {
+                    first_audio = Some(*at);
+                    return true;
+                }
                 Event::Audio { at, .. } if first_audio.is_none() => first_audio = Some(*at),
                 Event::Message { message: ServerMessage::State { state, .. }, .. } if state == "listening" => {
                     return true;
+                }
+                Event::Message { message, .. } if std::env::var_os("DUPLEX_BENCH_TRACE").is_some() => {
+                    eprintln!("trace: {message:?}");
                 }
                 _ => {}
             }
             false
         })
         .await?;
-        let first = first_audio.context("no reply audio")?;
+        let Some(first) = first_audio else {
+            // The model chose to say nothing (an empty reply): not a latency.
+            println!("turn {i}: no reply audio (empty reply)");
+            continue;
+        };
         turn_ms.push((first - (t0 + end_at)).as_secs_f64() * 1e3);
+        if !barge_in {
+            c.control(Command::Stop).await?;
+            let until = Instant::now() + Duration::from_secs(10);
+            loop {
+                let ev = tokio::time::timeout_at(until.into(), c.next()).await.context("STOP ends the reply")??;
+                if let Event::Message { message: ServerMessage::State { state, .. }, .. } = ev
+                    && state == "listening"
+                {
+                    break;
+                }
+            }
+            continue;
+        }
 
         // Barge-in: a long question, so the echoed reply is long; speak over it.
         let long = &clips[(i + 1) % clips.len()];
@@ -268,14 +363,5 @@ pub async fn run(args: DuplexBenchArgs) -> anyhow::Result<()> {
         let (at, _) = cleared.context("no clear event")?;
         clear_ms.push((at - (t0 + over_at)).as_secs_f64() * 1e3);
     }
-    let _ = std::fs::remove_file(&config);
-    println!("turn latency, end of speech → first reply audio (ms): {}", Summary::of(&mut turn_ms));
-    println!("barge-in, speech onset in the input → clear (ms):     {}", Summary::of(&mut clear_ms));
-    println!("frames of the interrupted reply after its clear:      {late_frames}");
-    println!(
-        "(end of turn waits for {} ms of silence; barge-in needs {} ms of speech while the bot talks; responder: echo)",
-        duplex_speech::VadConfig::default().min_silence_ms,
-        duplex_speech::VadConfig::default().min_speech_ms_while_speaking
-    );
-    Ok(())
+    Ok((turn_ms, clear_ms, late_frames))
 }

