@@ -320,6 +320,11 @@ impl Recognizer {
             logprob_sum -= log_norm;
             tokens.push(next);
             said.push(next);
+            if let Some(cut) = repeated_tail(&said) {
+                // The decoder went round a loop ("… France? What is the capital of France?"): keep one.
+                said.truncate(cut);
+                break;
+            }
         }
         let avg_logprob = if said.is_empty() { 0.0 } else { logprob_sum / said.len() as f64 };
         tracing::debug!(no_speech_prob, avg_logprob, tokens = said.len(), "transcribed");
@@ -332,6 +337,13 @@ impl Recognizer {
         }
         Ok(clean(&self.tokens.decode(&said)))
     }
+}
+
+/// Where a repetition at the end of `said` starts: its last `k` tokens
+/// (k ≥ 3) equal the `k` before them.
+fn repeated_tail(said: &[u32]) -> Option<usize> {
+    let n = said.len();
+    (3..=n / 2).find(|&k| said[n - k..] == said[n - 2 * k..n - k]).map(|k| n - k)
 }
 
 /// The transcript without sound annotations (`(coughs)`, `[BLANK_AUDIO]`,
@@ -356,6 +368,14 @@ pub fn clean(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::clean;
+
+    #[test]
+    fn a_decoding_loop_is_cut_to_one_pass() {
+        use super::repeated_tail;
+        assert_eq!(repeated_tail(&[1, 2, 3, 4, 2, 3, 4]), Some(4));
+        assert_eq!(repeated_tail(&[1, 2, 3, 4, 5, 6]), None);
+        assert_eq!(repeated_tail(&[7, 7]), None, "short repeats are words (\"no, no\")");
+    }
 
     #[test]
     fn annotations_are_not_words() {

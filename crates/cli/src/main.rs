@@ -34,6 +34,15 @@ enum Cmd {
         /// Play the reply (needs aplay or paplay).
         #[arg(long)]
         play: bool,
+        /// Speak into the conversation: stream this WAV file as microphone audio.
+        #[arg(long, conflicts_with_all = ["text", "say"])]
+        mic: Option<PathBuf>,
+        /// Speak into the conversation: this text, said by the Piper voice, as microphone audio.
+        #[arg(long, conflicts_with = "text")]
+        say: Option<String>,
+        /// Where `--say` finds the voice.
+        #[arg(long, default_value = ".cache/assets", env = "DUPLEX_ASSETS")]
+        assets: PathBuf,
     },
     /// Measure first audio, control-to-silence and jitter at several concurrencies.
     Bench {
@@ -125,8 +134,16 @@ async fn main() -> anyhow::Result<()> {
             let _ = w.join.await;
             Ok(())
         }
-        Cmd::Talk { text, url, out, play } => {
-            duplex_cli::talk::run(duplex_cli::talk::TalkArgs { url, text, out, play }).await
+        Cmd::Talk { text, url, out, play, mic, say, assets } => {
+            let (mic, mic_rate_hz) = match (mic, say) {
+                (Some(path), _) => {
+                    let (pcm, rate) = duplex_cli::talk::read_wav(&path)?;
+                    (Some(pcm), rate)
+                }
+                (None, Some(text)) => (Some(duplex_cli::voice::speak(&assets, &text, 16_000)?), 16_000),
+                (None, None) => (None, 16_000),
+            };
+            duplex_cli::talk::run(duplex_cli::talk::TalkArgs { url, text, out, play, mic, mic_rate_hz }).await
         }
         Cmd::Bench { sessions, url, json } => {
             let lookahead = duplex_orchestrator::Config::default().playout.lookahead_frames as usize;

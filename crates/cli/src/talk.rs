@@ -1,6 +1,9 @@
 //! `duplex talk`: a terminal client. Sends text (from the command line or
 //! stdin, where `/pause`, `/resume`, `/stop` and `/quit` are commands),
 //! collects the spoken reply, and writes it to a WAV file and/or plays it.
+//! With `--mic FILE.wav` or `--say TEXT` it speaks instead: the file (or the
+//! text said by the Piper voice) is streamed in real time as microphone
+//! audio, and the conversation's events (transcript, reply) are shown.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -18,6 +21,23 @@ pub struct TalkArgs {
     pub text: Option<String>,
     pub out: Option<PathBuf>,
     pub play: bool,
+    /// Microphone audio to stream (mono 16-bit PCM at 8–48 kHz).
+    pub mic: Option<Vec<i16>>,
+    pub mic_rate_hz: u32,
+}
+
+/// A WAV file's first channel as 16-bit samples, with its rate.
+pub fn read_wav(path: &std::path::Path) -> anyhow::Result<(Vec<i16>, u32)> {
+    let mut reader = hound::WavReader::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let spec = reader.spec();
+    anyhow::ensure!(
+        spec.bits_per_sample == 16 && spec.sample_format == hound::SampleFormat::Int,
+        "{}: 16-bit PCM WAV expected",
+        path.display()
+    );
+    let channels = spec.channels.max(1) as usize;
+    let samples: Vec<i16> = reader.samples::<i16>().step_by(channels).collect::<Result<_, _>>()?;
+    Ok((samples, spec.sample_rate))
 }
 
 /// A player process fed raw PCM (aplay or paplay), if one is installed.
@@ -42,16 +62,30 @@ pub async fn run(args: TalkArgs) -> anyhow::Result<()> {
     let mut samples: Vec<i16> = Vec::new();
     let mut player = if args.play { spawn_player().await } else { None };
 
-    let one_shot = args.text.is_some();
+    let one_shot = args.text.is_some() || args.mic.is_some();
     if let Some(text) = &args.text {
         client.send_text(text, true).await?;
-    } else {
+    } else if args.mic.is_none() {
         eprintln!("type text to speak; /pause /resume /stop /quit");
     }
+    // Microphone audio (plus two seconds of silence so the turn ends), 20 ms a tick.
+    let mut mic = args.mic.clone().unwrap_or_default();
+    if !mic.is_empty() {
+        mic.extend(vec![0; args.mic_rate_hz as usize * 2]);
+    }
+    let chunk = (args.mic_rate_hz as usize / 50).max(1);
+    let mut mic_chunks = mic.chunks(chunk).enumerate();
+    let mut mic_open = !mic.is_empty();
+    let mut heard_reply = false;
+    let mut ticks = tokio::time::interval(std::time::Duration::from_millis(20));
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = !one_shot;
     loop {
         tokio::select! {
+            _ = ticks.tick(), if mic_open => match mic_chunks.next() {
+                Some((i, c)) => client.send_mic(args.mic_rate_hz, i as u64, c).await?,
+                None => mic_open = false,
+            },
             line = lines.next_line(), if stdin_open => {
                 let Some(line) = line? else { stdin_open = false; continue };
                 match line.trim() {
@@ -74,9 +108,28 @@ pub async fn run(args: TalkArgs) -> anyhow::Result<()> {
                     match &message {
                         ServerMessage::UtteranceEnd { utterance_id, reason, frames } => {
                             eprintln!("utterance {utterance_id}: {} ({frames} frames, {} ms)", reason.as_str(), frames * 20);
-                            if one_shot {
+                            if args.text.is_some() {
                                 break;
                             }
+                        }
+                        ServerMessage::Transcript { text, .. } => eprintln!("you said: {text}"),
+                        ServerMessage::Reply { text, .. } => {
+                            heard_reply = true;
+                            eprint!("{text}");
+                        }
+                        ServerMessage::Interrupted { heard, .. } => eprintln!("\n(interrupted after: {heard:?})"),
+                        ServerMessage::State { state, .. } => {
+                            if heard_reply {
+                                eprintln!();
+                            }
+                            eprintln!("[{state}]");
+                            // A spoken one-shot ends when the bot has answered and listens again.
+                            if args.mic.is_some() && state == "listening" && heard_reply && !mic_open {
+                                break;
+                            }
+                        }
+                        ServerMessage::TurnMetrics { first_audio_ms: Some(ms), .. } => {
+                            eprintln!("(first reply audio {ms:.0} ms after the end of your turn)");
                         }
                         ServerMessage::Error { code, message, .. } => eprintln!("error {}: {message}", code.as_str()),
                         ServerMessage::SessionEnd { reason, .. } => {
