@@ -4,9 +4,7 @@
 //!
 //! - [`echo`]: says back what it heard (no model; tests and demos).
 //! - [`local`]: a local language model (SmolLM2 GGUF on candle).
-//! - [`bpe`]: the byte-level BPE tokenizer rebuilt from GGUF metadata.
 
-pub mod bpe;
 pub mod echo;
 pub mod local;
 

@@ -16,8 +16,8 @@ use candle_transformers::models::quantized_llama::ModelWeights;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::bpe::Bpe;
 use crate::{Exchange, PIECE_QUEUE, ReplyError, Request, Responder};
+use duplex_bpe::Bpe;
 
 /// Replies waiting for a generation thread; more are refused at once.
 const QUEUE: usize = 4;

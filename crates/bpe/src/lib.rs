@@ -1,6 +1,6 @@
-//! Byte-level BPE (the GPT-2 scheme SmolLM2 uses), built from a GGUF file's
-//! `tokenizer.ggml.tokens` and `tokenizer.ggml.merges`: text → ids for the
-//! prompt, ids → bytes for the streamed reply.
+//! Byte-level BPE (the GPT-2 scheme of Whisper and SmolLM2): a vocabulary
+//! indexed by id and its merges (from a GGUF file's metadata or a
+//! `tokenizer.json`) give text → ids and ids → bytes.
 
 use std::collections::HashMap;
 
@@ -181,6 +181,18 @@ mod tests {
         tokens.extend(["he", "ll", "hell", "hello", "Ġ", "Ġhello", "<|im_end|>"].map(String::from));
         let merges: Vec<String> = ["h e", "l l", "he ll", "hell o", "Ġ hello"].iter().map(|s| s.to_string()).collect();
         Bpe::new(tokens, &merges, &["<|im_end|>"])
+    }
+
+    #[test]
+    fn the_byte_table_covers_every_byte_once() {
+        let table = byte_chars();
+        assert_eq!(table.len(), 256);
+        let mut bytes: Vec<u8> = table.iter().map(|(b, _)| *b).collect();
+        bytes.sort();
+        bytes.dedup();
+        assert_eq!(bytes.len(), 256);
+        // A blank is written as 'Ġ' (U+0120) in the vocabularies.
+        assert!(table.contains(&(b' ', 'Ġ')));
     }
 
     #[test]
