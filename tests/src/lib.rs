@@ -12,6 +12,7 @@ use tonic::transport::Channel;
 
 pub use duplex_cli::client;
 
+pub mod chat;
 pub mod routing;
 pub mod speech;
 
@@ -39,6 +40,13 @@ pub fn orchestrator_config(worker: &str) -> duplex_orchestrator::Config {
     c.health.enabled = false;
     c.routing.static_worker_addr = worker.to_string();
     c
+}
+
+/// The body of a plain HTTP GET (metrics, health).
+pub async fn http_get(url: &str) -> String {
+    // reqwest is built without a default TLS provider; the process needs one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::get(url).await.expect("GET").text().await.expect("body")
 }
 
 /// A worker and an orchestrator in this process.

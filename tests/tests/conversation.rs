@@ -280,3 +280,90 @@ async fn the_local_language_model_answers_a_spoken_question() {
     let frames = seen.frames.iter().filter(|(u, _)| *u == 1).count() as u64;
     assert_eq!(frames, mock_frames(&whole), "the whole reply was spoken");
 }
+
+/// A counter's value in the orchestrator's /metrics (0 when absent).
+async fn metric(stack: &Stack, name_and_labels: &str) -> f64 {
+    let text = http_get(&format!("http://{}/metrics", stack.orchestrator.addr)).await;
+    text.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openai_compatible_server_answers_a_spoken_question() {
+    use duplex_tests::chat::{ChatServer, Script};
+    let server = ChatServer::start(Script::Reply {
+        pieces: vec!["It is ".into(), "sunny ".into(), "in Paris.".into()],
+        every: Duration::from_millis(20),
+    })
+    .await;
+    let url = server.url.clone();
+    let stack = Stack::start(realtime_worker_config(), move |c| {
+        with_hearing(c);
+        c.conversation.responder = duplex_orchestrator::config::ResponderConfig::Openai(duplex_reply::OpenAiConfig {
+            url,
+            model: "test-model".into(),
+            ..Default::default()
+        });
+    })
+    .await;
+    let mut c = stack.client(AudioFormat::Json).await;
+    let mut mic = silence(300, RATE);
+    mic.extend(spoken("What is the weather like in Paris today?", RATE));
+    mic.extend(silence(1_000, RATE));
+    let seen = converse_until(
+        &mut c,
+        &mic,
+        Duration::from_secs(20),
+        |m| matches!(m, ServerMessage::State { state, .. } if state == "listening"),
+    )
+    .await;
+    let transcript = texts(&seen, |m| match m {
+        ServerMessage::Transcript { text, .. } => Some(text.clone()),
+        _ => None,
+    });
+    let reply = texts(&seen, |m| match m {
+        ServerMessage::Reply { text, .. } => Some(text.clone()),
+        _ => None,
+    });
+    assert_eq!(reply, ["It is ", "sunny ", "in Paris."], "the server's pieces, in order");
+    let frames = seen.frames.iter().filter(|(u, _)| *u == 1).count() as u64;
+    assert_eq!(frames, mock_frames(&reply.concat()), "the whole reply was spoken");
+    // Asked once (an early reply, if one was started, was the one used), with the transcript.
+    let asked = server.asked();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    let messages = asked[0].body["messages"].as_array().unwrap().clone();
+    assert_eq!(messages.last().unwrap()["content"].as_str(), Some(transcript[0].as_str()));
+    assert_eq!(asked[0].body["model"], "test-model");
+    assert!(metric(&stack, "duplex_asr_guesses_total{fate=\"used\"}").await >= 1.0, "the pause's transcript was used");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_inside_a_sentence_does_not_end_the_turn() {
+    let stack = stack().await;
+    let mut c = stack.client(AudioFormat::Json).await;
+    // A 200 ms gap: long enough to start recognition early, short of the end of turn.
+    let mut mic = silence(300, RATE);
+    mic.extend(spoken("What is the weather", RATE));
+    mic.extend(silence(200, RATE));
+    mic.extend(spoken("like in Paris today?", RATE));
+    mic.extend(silence(1_000, RATE));
+    let seen = converse_until(
+        &mut c,
+        &mic,
+        Duration::from_secs(20),
+        |m| matches!(m, ServerMessage::State { state, .. } if state == "listening"),
+    )
+    .await;
+    let transcript = texts(&seen, |m| match m {
+        ServerMessage::Transcript { text, .. } => Some(text.clone()),
+        _ => None,
+    });
+    assert_eq!(transcript.len(), 1, "one turn: {transcript:?}");
+    let heard = transcript[0].to_lowercase();
+    assert!(heard.contains("weather") && heard.contains("today"), "both halves: {heard:?}");
+    let reply = texts(&seen, |m| match m {
+        ServerMessage::Reply { text, .. } => Some(text.clone()),
+        _ => None,
+    });
+    assert_eq!(reply.concat(), format!("You said: {}", transcript[0]), "the reply answers the whole sentence");
+    assert!(metric(&stack, "duplex_asr_guesses_total{fate=\"withdrawn\"}").await >= 1.0, "the gap's guess was dropped");
+}

@@ -46,10 +46,22 @@ async fn speech_in_silence_is_one_segment_at_the_right_place() {
         input.extend(&speech);
         input.extend(silence(1_500, rate));
         let mut listener = ears.listen(rate).unwrap();
-        let events = hear(&mut listener, &input).await;
-        assert_eq!(events.len(), 2, "{rate} Hz: {events:?}");
-        let VadEvent::SpeechStart { onset_ms, decided_ms } = events[0] else { panic!("{events:?}") };
-        let VadEvent::SpeechEnd { ref audio, speech_ms, ended_ms } = events[1] else { panic!("{events:?}") };
+        let mut events = hear(&mut listener, &input).await;
+        // Pauses between the sentences may be reported (recognition starts early).
+        let pauses: Vec<u64> = events
+            .iter()
+            .filter_map(|e| match e {
+                VadEvent::Pause { ended_ms, .. } => Some(*ended_ms),
+                _ => None,
+            })
+            .collect();
+        events.retain(|e| matches!(e, VadEvent::SpeechStart { .. } | VadEvent::SpeechEnd { .. }));
+        let [VadEvent::SpeechStart { onset_ms, decided_ms }, VadEvent::SpeechEnd { ref audio, speech_ms, ended_ms }] =
+            events[..]
+        else {
+            panic!("{rate} Hz: {} segment events, not one start and one end", events.len())
+        };
+        assert_eq!(pauses.last(), Some(&ended_ms), "{rate} Hz: the last pause is where the speech ended");
         let spoken_ms = duration_ms(speech.len(), rate);
         // Piper's output starts and ends with a little silence of its own.
         assert!((950..=1_250).contains(&onset_ms), "{rate} Hz: onset at {onset_ms} ms");

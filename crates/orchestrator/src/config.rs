@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 pub use duplex_asr::WhisperConfig;
-pub use duplex_reply::LocalConfig;
+pub use duplex_reply::{LocalConfig, OpenAiConfig};
 pub use duplex_speech::VadConfig;
 
 use duplex_telemetry::LogConfig;
@@ -38,6 +38,10 @@ pub struct Conversation {
     pub responder: ResponderConfig,
     /// Exchanges of history given to the responder.
     pub history_turns: usize,
+    /// Start the reply on the transcript made when the speech paused, before
+    /// the end-of-turn silence has passed (its text waits until the turn is
+    /// confirmed; if the user goes on, it is cancelled).
+    pub early_reply: bool,
 }
 
 /// Which speech recogniser transcribes user turns.
@@ -57,6 +61,8 @@ pub enum ResponderConfig {
     Echo,
     /// A local language model (GGUF on candle).
     Local(LocalConfig),
+    /// An OpenAI-compatible chat server (llama.cpp, vLLM, Ollama, OpenAI), streamed.
+    Openai(OpenAiConfig),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,6 +209,7 @@ impl Default for Conversation {
             asr: AsrConfig::Whisper(WhisperConfig::default()),
             responder: ResponderConfig::Local(LocalConfig::default()),
             history_turns: 20,
+            early_reply: true,
         }
     }
 }
@@ -289,6 +296,9 @@ impl Config {
             return Err(ConfigError::Invalid("routing.resync_ms and routing.affinity_ttl_ms must be > 0".into()));
         }
         self.conversation.vad.validate().map_err(ConfigError::Invalid)?;
+        if let ResponderConfig::Openai(openai) = &self.conversation.responder {
+            openai.validate().map_err(|e| ConfigError::Invalid(format!("conversation.{e}")))?;
+        }
         if self.conversation.vad_threads == 0 {
             return Err(ConfigError::Invalid("conversation.vad_threads must be > 0".into()));
         }

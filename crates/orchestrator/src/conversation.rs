@@ -20,6 +20,8 @@ pub struct Parts {
     pub asr: Result<Arc<dyn Transcriber>, String>,
     pub responder: Arc<dyn Responder>,
     pub history_turns: usize,
+    /// Replies may start at a pause (`conversation.early_reply`).
+    pub early_reply: bool,
 }
 
 impl Parts {
@@ -40,6 +42,14 @@ impl Parts {
                     Arc::new(duplex_reply::Echo)
                 }
             },
+            // Validated with the config; the server is found out at the first reply.
+            ResponderConfig::Openai(openai) => match duplex_reply::OpenAi::new(openai) {
+                Ok(api) => Arc::new(api),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the reply server client did not start; replies echo instead");
+                    Arc::new(duplex_reply::Echo)
+                }
+            },
         };
         let asr: Result<Arc<dyn Transcriber>, String> = match &config.asr {
             _ if ears.is_err() => Err("microphone input is off".into()),
@@ -57,7 +67,7 @@ impl Parts {
             responder = %responder.describe(),
             "conversation parts ready"
         );
-        Self { ears, asr, responder, history_turns: config.history_turns }
+        Self { ears, asr, responder, history_turns: config.history_turns, early_reply: config.early_reply }
     }
 
     /// No microphone, no recogniser, the echo responder (text-only servers, tests).
@@ -67,6 +77,7 @@ impl Parts {
             asr: Err(why.to_string()),
             responder: Arc::new(duplex_reply::Echo),
             history_turns: 0,
+            early_reply: false,
         }
     }
 }

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub asr: Histogram,
     /// Reply requested → first reply text.
     pub reply_first_text: Histogram,
+    /// Transcripts guessed at a pause, by fate: `used` (the turn ended there)
+    /// or `withdrawn` (the speech went on).
+    pub guesses: IntCounterVec,
 }
 
 fn seconds_buckets() -> Vec<f64> {
@@ -81,6 +84,11 @@ impl Metrics {
             histogram("turn_latency_seconds", "End of the user's speech (VAD decision) to the first reply audio sent");
         let asr = histogram("asr_seconds", "Speech recognition time per user turn");
         let reply_first_text = histogram("reply_first_text_seconds", "Reply requested to its first text");
+        let guesses = IntCounterVec::new(
+            Opts::new("asr_guesses_total", "Transcripts started at a pause in the speech, by fate (used, withdrawn)"),
+            &["fate"],
+        )
+        .expect("metric");
         for c in [
             Box::new(sessions_active.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(sessions_total.clone()),
@@ -97,6 +105,7 @@ impl Metrics {
             Box::new(turn_latency.clone()),
             Box::new(asr.clone()),
             Box::new(reply_first_text.clone()),
+            Box::new(guesses.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -117,6 +126,7 @@ impl Metrics {
             turn_latency,
             asr,
             reply_first_text,
+            guesses,
         }
     }
 

@@ -382,7 +382,7 @@ pub fn is_backchannel(text: &str) -> bool {
 }
 
 /// `a` then `b`, trimmed, one blank between.
-fn join(a: &str, b: &str) -> String {
+pub(crate) fn join(a: &str, b: &str) -> String {
     format!("{} {}", a.trim(), b.trim()).trim().to_string()
 }
 

@@ -4,9 +4,11 @@
 //!
 //! - [`echo`]: says back what it heard (no model; tests and demos).
 //! - [`local`]: a local language model (SmolLM2 GGUF on candle).
+//! - [`openai`]: any OpenAI-compatible chat server, streamed.
 
 pub mod echo;
 pub mod local;
+pub mod openai;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -14,6 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use echo::Echo;
 pub use local::{LocalConfig, LocalLlm};
+pub use openai::{OpenAi, OpenAiConfig};
+
+/// What the bot is told it is, unless configured otherwise: its answers are spoken.
+pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a friendly voice assistant. Answer in one or two short spoken sentences, with no lists, markdown or emoji.";
 
 /// Reply pieces queued toward the session; a piece is a token or a few, so
 /// this is a fraction of a second of generation. Full = the session is slow

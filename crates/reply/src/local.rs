@@ -48,9 +48,7 @@ impl Default for LocalConfig {
             temperature: 0.0,
             repeat_penalty: 1.2,
             max_prompt_tokens: 1_024,
-            system_prompt: "You are a friendly voice assistant. Answer in one or two short spoken sentences, \
-                            with no lists, markdown or emoji."
-                .into(),
+            system_prompt: crate::DEFAULT_SYSTEM_PROMPT.into(),
         }
     }
 }

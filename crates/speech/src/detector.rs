@@ -36,6 +36,11 @@ pub struct VadConfig {
     pub min_speech_ms_while_speaking: u32,
     /// A segment is cut here even if the speech goes on.
     pub max_speech_ms: u32,
+    /// After this much silence inside a segment the detector reports a
+    /// [`VadEvent::Pause`] with the audio so far, so recognition can start
+    /// before the end-of-turn silence has passed (0: never). Should be well
+    /// below `min_silence_ms`.
+    pub pause_ms: u32,
 }
 
 impl Default for VadConfig {
@@ -53,6 +58,9 @@ impl Default for VadConfig {
             start_threshold_while_speaking: 0.7,
             min_speech_ms_while_speaking: 96,
             max_speech_ms: 30_000,
+            // `just bench-duplex`: recognition (~260 ms) started one window
+            // into the silence is done about when the turn ends.
+            pause_ms: 32,
         }
     }
 }
@@ -72,6 +80,9 @@ impl VadConfig {
         if self.min_silence_ms == 0 || self.max_speech_ms < self.min_speech_ms.max(self.min_speech_ms_while_speaking) {
             return Err("vad.min_silence_ms must be > 0 and vad.max_speech_ms above the minimum speech".into());
         }
+        if self.pause_ms >= self.min_silence_ms {
+            return Err("vad.pause_ms must be below vad.min_silence_ms (0 turns it off)".into());
+        }
         Ok(())
     }
 }
@@ -85,6 +96,12 @@ pub enum VadEvent {
     /// The segment is over: its audio at 16 kHz from the pre-roll on, and how
     /// long the speech itself lasted (first speech window to last).
     SpeechEnd { audio: Vec<f32>, speech_ms: u64, ended_ms: u64 },
+    /// The speech paused (`pause_ms` of silence) and may be over: the
+    /// segment's audio so far. A `SpeechEnd` with the same `ended_ms`
+    /// confirms it; `Resumed` withdraws it.
+    Pause { audio: Vec<f32>, ended_ms: u64 },
+    /// Speech came back after a `Pause`: the segment goes on.
+    Resumed,
 }
 
 #[derive(Debug)]
@@ -98,6 +115,8 @@ enum State {
         /// Stream time just after the last speech window.
         last_speech_ms: u64,
         silence_run: u32,
+        /// A `Pause` was reported for the current silence.
+        paused: bool,
     },
 }
 
@@ -151,37 +170,52 @@ impl Detector {
                     let before = self.recent.len() - *run as usize;
                     let skip = before.saturating_sub(windows_for(c.preroll_ms) as usize);
                     self.segment = self.recent.drain(..).skip(skip).flatten().collect();
-                    self.state = State::Speaking { onset_ms, last_speech_ms: end_ms, silence_run: 0 };
+                    self.state = State::Speaking { onset_ms, last_speech_ms: end_ms, silence_run: 0, paused: false };
                     return Some(VadEvent::SpeechStart { onset_ms, decided_ms: end_ms });
                 }
                 None
             }
-            State::Speaking { onset_ms, last_speech_ms, silence_run } => {
+            State::Speaking { onset_ms, last_speech_ms, silence_run, paused } => {
                 self.segment.extend_from_slice(window);
                 if probability < c.stop_threshold {
                     *silence_run += 1;
                 } else {
                     *silence_run = 0;
                     *last_speech_ms = end_ms;
+                    if std::mem::take(paused) {
+                        return Some(VadEvent::Resumed);
+                    }
                 }
                 let silence_done = *silence_run >= windows_for(c.min_silence_ms);
                 let too_long = end_ms - *onset_ms >= c.max_speech_ms as u64;
                 if !(silence_done || too_long) {
+                    if c.pause_ms > 0 && !*paused && *silence_run == windows_for(c.pause_ms) {
+                        *paused = true;
+                        let ended_ms = *last_speech_ms;
+                        let audio = trimmed(&self.segment, end_ms - ended_ms, c.preroll_ms).to_vec();
+                        return Some(VadEvent::Pause { audio, ended_ms });
+                    }
                     return None;
                 }
                 let speech_ms = *last_speech_ms - *onset_ms;
                 let ended_ms = *last_speech_ms;
-                // Keep at most a pre-roll's worth of the trailing silence.
-                let trailing = (end_ms - *last_speech_ms) as usize * WINDOW_SAMPLES / WINDOW_MS as usize;
-                let keep_trailing = windows_for(c.preroll_ms) as usize * WINDOW_SAMPLES;
-                let cut = trailing.saturating_sub(keep_trailing).min(self.segment.len());
-                self.segment.truncate(self.segment.len() - cut);
+                let keep = trimmed(&self.segment, end_ms - ended_ms, c.preroll_ms).len();
+                self.segment.truncate(keep);
                 let audio = std::mem::take(&mut self.segment);
                 self.state = State::Quiet { run: 0 };
                 Some(VadEvent::SpeechEnd { audio, speech_ms, ended_ms })
             }
         }
     }
+}
+
+/// `segment` without the part of its `trailing_ms` of silence beyond a
+/// pre-roll's worth.
+fn trimmed(segment: &[f32], trailing_ms: u64, preroll_ms: u32) -> &[f32] {
+    let trailing = trailing_ms as usize * WINDOW_SAMPLES / WINDOW_MS as usize;
+    let keep_trailing = windows_for(preroll_ms) as usize * WINDOW_SAMPLES;
+    let cut = trailing.saturating_sub(keep_trailing).min(segment.len());
+    &segment[..segment.len() - cut]
 }
 
 #[cfg(test)]
@@ -207,6 +241,7 @@ mod tests {
             preroll_ms: 64,
             start_threshold_while_speaking: 0.7,
             min_speech_ms_while_speaking: 160,
+            pause_ms: 0,
             ..VadConfig::default()
         }
     }
@@ -269,9 +304,43 @@ mod tests {
     }
 
     #[test]
+    fn a_pause_is_reported_then_confirmed_or_withdrawn() {
+        let mut d = Detector::new(VadConfig { pause_ms: 64, ..cfg() });
+        // Speech, a 96 ms gap, speech again, then the end.
+        let mut probs = vec![0.9; 5];
+        probs.extend([0.1; 3]);
+        probs.extend([0.9; 5]);
+        probs.extend([0.1; 12]);
+        let events = run(&mut d, &probs, false);
+        let kinds: Vec<(usize, &str)> = events
+            .iter()
+            .map(|(i, e)| {
+                let kind = match e {
+                    VadEvent::SpeechStart { .. } => "start",
+                    VadEvent::Pause { .. } => "pause",
+                    VadEvent::Resumed => "resumed",
+                    VadEvent::SpeechEnd { .. } => "end",
+                };
+                (*i, kind)
+            })
+            .collect();
+        assert_eq!(kinds, [(2, "start"), (6, "pause"), (8, "resumed"), (14, "pause"), (22, "end")]);
+        let (VadEvent::Pause { audio: guess, ended_ms: a }, VadEvent::SpeechEnd { audio, ended_ms: b, .. }) =
+            (&events[3].1, &events[4].1)
+        else {
+            panic!()
+        };
+        assert_eq!(a, b, "the end confirms the second pause");
+        // The pause's audio is the segment so far: all the speech, two silent windows.
+        assert_eq!(guess.len(), 15 * WINDOW_SAMPLES);
+        assert_eq!(&audio[..guess.len()], &guess[..]);
+    }
+
+    #[test]
     fn the_config_is_checked() {
         assert!(VadConfig::default().validate().is_ok());
         assert!(VadConfig { stop_threshold: 0.9, ..VadConfig::default() }.validate().is_err());
         assert!(VadConfig { start_threshold: 1.5, ..VadConfig::default() }.validate().is_err());
+        assert!(VadConfig { pause_ms: 320, ..VadConfig::default() }.validate().is_err());
     }
 }

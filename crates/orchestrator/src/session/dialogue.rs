@@ -4,26 +4,63 @@
 //! carries out what it decides — barge-in, transcription, replies spoken
 //! through the same TTS path as text, history.
 //!
+//! Recognition starts early: when the speech pauses the detector hands over
+//! the audio so far and Whisper transcribes it while the end-of-turn silence
+//! runs (a *guess*); if the turn ends there, its transcript is already known
+//! or nearly, and with `conversation.early_reply` the reply has started too
+//! (its pieces wait until the turn is confirmed). Speech that resumes
+//! withdraws the guess and cancels its work.
+//!
 //! Barge-in acts on the VAD decision itself: any bot audio (a reply or text
 //! the client asked to hear) stops within the frame, the client is told to
 //! clear what it buffered, and the worker to stop synthesizing.
 
 use std::collections::{HashMap, VecDeque};
 
-use duplex_reply::{Exchange, Request};
+use duplex_reply::{Exchange, ReplyError, Request};
 use duplex_speech::ears::Heard;
 use duplex_speech::{Listener, VadEvent};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{Flow, Session};
 use crate::protocol::{EndReason, ErrorCode, ServerMessage};
-use crate::turn::{Action, Event, Machine, Notice, TurnId};
+use crate::turn::{self, Action, Event, Machine, Notice, State, TurnId};
 
 /// Results of recognition and reply tasks waiting for the session loop. They
 /// are few per turn; full means the loop is stuck, and the task waits.
 const RESULT_QUEUE: usize = 64;
+
+/// What recognition and reply tasks report to the session loop.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    Turn(Event),
+    /// The transcript of the guess made at the pause that ended at `ended_ms`.
+    Guessed {
+        ended_ms: u64,
+        text: String,
+    },
+}
+
+/// Recognition (and maybe a reply) started at a pause, before the turn is
+/// known to be over. Dropping it cancels its work.
+struct Guess {
+    /// Where the speech it heard ended (stream time); the turn's end must match.
+    ended_ms: u64,
+    cancel: CancellationToken,
+    guard: DropGuard,
+    /// Its transcript once known.
+    text: watch::Receiver<Option<String>>,
+    reply: Option<EarlyReply>,
+}
+
+/// A reply started on a guess: for which words and history, and its pieces so far.
+struct EarlyReply {
+    user: String,
+    history: Vec<Exchange>,
+    pieces: mpsc::Receiver<Result<String, ReplyError>>,
+}
 
 /// Timestamps of one turn, for its metrics.
 #[derive(Debug, Default)]
@@ -39,8 +76,11 @@ pub(super) struct Dialogue {
     listener: Listener,
     machine: Machine,
     history: VecDeque<Exchange>,
-    results_tx: mpsc::Sender<Event>,
-    results_rx: mpsc::Receiver<Event>,
+    results_tx: mpsc::Sender<Outcome>,
+    results_rx: mpsc::Receiver<Outcome>,
+    guess: Option<Guess>,
+    /// Where the speech of the segment that just ended stopped (its guess's key).
+    ended_ms: Option<u64>,
     /// The reply being generated, and how to stop it.
     reply: Option<(TurnId, CancellationToken)>,
     /// TTS utterances carrying replies, by utterance id.
@@ -62,6 +102,8 @@ impl Dialogue {
             history: VecDeque::new(),
             results_tx,
             results_rx,
+            guess: None,
+            ended_ms: None,
             reply: None,
             reply_utterances: HashMap::new(),
             open_reply: None,
@@ -75,7 +117,7 @@ impl Dialogue {
 /// What the dialogue has to say next: a VAD event or a task result.
 pub(super) enum Next {
     Heard(Option<Heard>),
-    Result(Event),
+    Result(Outcome),
 }
 
 /// Pending while there is no dialogue. Cancel-safe (channel receives).
@@ -126,10 +168,11 @@ impl Session {
                 self.dialogue = None;
                 Flow::Continue
             }
-            Next::Result(event) => {
+            Next::Result(Outcome::Turn(event)) => {
                 self.note_result(&event);
                 self.turn(event)
             }
+            Next::Result(Outcome::Guessed { ended_ms, text }) => self.on_guessed(ended_ms, text),
         }
     }
 
@@ -138,6 +181,7 @@ impl Session {
             VadEvent::SpeechStart { .. } => {
                 if let Some(d) = &mut self.dialogue {
                     d.speech_decided = Some(at);
+                    d.guess = None;
                 }
                 // Any bot audio stops now, reply or not.
                 if let Flow::End(r) = self.barge_in() {
@@ -145,8 +189,63 @@ impl Session {
                 }
                 self.turn(Event::SpeechStarted)
             }
-            VadEvent::SpeechEnd { audio, .. } => self.turn(Event::SpeechEnded { audio }),
+            VadEvent::SpeechEnd { audio, ended_ms, .. } => {
+                if let Some(d) = &mut self.dialogue {
+                    d.ended_ms = Some(ended_ms);
+                }
+                self.turn(Event::SpeechEnded { audio })
+            }
+            VadEvent::Pause { audio, ended_ms } => self.guess(audio, ended_ms),
+            VadEvent::Resumed => {
+                if let Some(d) = &mut self.dialogue
+                    && d.guess.take().is_some()
+                {
+                    self.state.metrics.guesses.with_label_values(&["withdrawn"]).inc();
+                }
+                Flow::Continue
+            }
         }
+    }
+
+    /// The speech paused: transcribe what was said so far.
+    fn guess(&mut self, audio: Vec<f32>, ended_ms: u64) -> Flow {
+        let (Some(d), Ok(asr)) = (&mut self.dialogue, &self.state.conversation.asr) else { return Flow::Continue };
+        let cancel = self.state.shutdown.child_token();
+        let (text_tx, text) = watch::channel(None);
+        d.guess =
+            Some(Guess { ended_ms, cancel: cancel.clone(), guard: cancel.clone().drop_guard(), text, reply: None });
+        let (asr, metrics, results) = (asr.clone(), self.state.metrics.clone(), d.results_tx.clone());
+        self.state.tasks.spawn(async move {
+            let started = std::time::Instant::now();
+            let text = tokio::select! {
+                _ = cancel.cancelled() => return,
+                result = asr.transcribe(audio) => recognized(result),
+            };
+            metrics.asr.observe(started.elapsed().as_secs_f64());
+            text_tx.send_replace(Some(text.clone()));
+            let _ = results.send(Outcome::Guessed { ended_ms, text }).await;
+        });
+        Flow::Continue
+    }
+
+    /// A guess's transcript arrived while the speech is still paused: with
+    /// `early_reply`, start the reply to it.
+    fn on_guessed(&mut self, ended_ms: u64, text: String) -> Flow {
+        let Some(d) = &mut self.dialogue else { return Flow::Continue };
+        let Some(guess) = d.guess.as_mut().filter(|g| g.ended_ms == ended_ms) else { return Flow::Continue };
+        // Only a plain turn: with a cut reply or earlier words the machine
+        // asks for something else.
+        let plain = matches!(d.machine.state(), State::UserSpeaking { cut: None, earlier: None });
+        if !self.state.conversation.early_reply || !plain || text.is_empty() || guess.reply.is_some() {
+            return Flow::Continue;
+        }
+        let user = turn::join("", &text);
+        let history: Vec<Exchange> = d.history.iter().cloned().collect();
+        // One token for the guess's recognition and its reply: both fall with it.
+        let request = Request { history: history.clone(), user: user.clone(), cancel: guess.cancel.clone() };
+        let pieces = self.state.conversation.responder.respond(request);
+        guess.reply = Some(EarlyReply { user, history, pieces });
+        Flow::Continue
     }
 
     /// Silences the bot: every utterance ends (stopped), the worker stops,
@@ -226,27 +325,44 @@ impl Session {
         let Some(d) = &mut self.dialogue else { return Flow::Continue };
         d.timing.insert(turn, Timing { speech_end: Some(Instant::now()), ..Timing::default() });
         let results = d.results_tx.clone();
+        // The turn ended where a guess stopped listening: its transcript is the turn's.
+        let ended_ms = d.ended_ms.take();
+        if let Some(guess) = d.guess.take_if(|g| Some(g.ended_ms) == ended_ms) {
+            self.state.metrics.guesses.with_label_values(&["used"]).inc();
+            let known = guess.text.borrow().clone();
+            if let Some(text) = known {
+                if results.try_send(Outcome::Turn(Event::Transcript { turn, text })).is_ok() {
+                    d.guess = Some(guess); // its early reply, if any, is wanted next
+                    return Flow::Continue;
+                }
+            } else {
+                let mut text = guess.text.clone();
+                let _token = guess.guard.disarm(); // recognition goes on for this turn
+                self.state.tasks.spawn(async move {
+                    let known = text.wait_for(Option::is_some).await.map(|t| t.clone().unwrap_or_default());
+                    if let Ok(text) = known {
+                        let _ = results.send(Outcome::Turn(Event::Transcript { turn, text })).await;
+                    }
+                });
+                return Flow::Continue;
+            }
+        } else if d.guess.take().is_some() {
+            self.state.metrics.guesses.with_label_values(&["withdrawn"]).inc();
+        }
         match &self.state.conversation.asr {
             Ok(asr) => {
                 let (asr, metrics) = (asr.clone(), self.state.metrics.clone());
                 self.state.tasks.spawn(async move {
                     let started = std::time::Instant::now();
-                    let text = match asr.transcribe(audio).await {
-                        Ok(Ok(text)) => text,
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "speech recognition failed");
-                            String::new()
-                        }
-                        Err(_) => String::new(),
-                    };
+                    let text = recognized(asr.transcribe(audio).await);
                     metrics.asr.observe(started.elapsed().as_secs_f64());
-                    let _ = results.send(Event::Transcript { turn, text }).await;
+                    let _ = results.send(Outcome::Turn(Event::Transcript { turn, text })).await;
                 });
                 Flow::Continue
             }
             Err(why) => {
                 // Without recognition the turn has no words; say so once.
-                let _ = results.try_send(Event::Transcript { turn, text: String::new() });
+                let _ = results.try_send(Outcome::Turn(Event::Transcript { turn, text: String::new() }));
                 if d.told_no_asr {
                     return Flow::Continue;
                 }
@@ -262,11 +378,22 @@ impl Session {
         if let Some((_, old)) = d.reply.take() {
             old.cancel();
         }
-        let cancel = self.state.shutdown.child_token();
-        d.reply = Some((turn, cancel.clone()));
         d.timing.entry(turn).or_default().reply_asked = Some(Instant::now());
-        let request = Request { history: d.history.iter().cloned().collect(), user, cancel: cancel.clone() };
-        let mut pieces = self.state.conversation.responder.respond(request);
+        let history: Vec<Exchange> = d.history.iter().cloned().collect();
+        // A reply started early on these very words and history is this turn's.
+        let early = d.guess.take().and_then(|g| match g.reply {
+            Some(r) if r.user == user && r.history == history => Some((g.guard.disarm(), r.pieces)),
+            _ => None,
+        });
+        let (cancel, mut pieces) = match early {
+            Some(early) => early,
+            None => {
+                let cancel = self.state.shutdown.child_token();
+                let request = Request { history, user, cancel: cancel.clone() };
+                (cancel, self.state.conversation.responder.respond(request))
+            }
+        };
+        d.reply = Some((turn, cancel.clone()));
         let results = d.results_tx.clone();
         self.state.tasks.spawn(async move {
             loop {
@@ -278,15 +405,15 @@ impl Session {
                     Some(Ok(text)) => Event::ReplyText { turn, text },
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "the responder failed");
-                        let _ = results.send(Event::ReplyFailed { turn, message: e.to_string() }).await;
+                        let _ = results.send(Outcome::Turn(Event::ReplyFailed { turn, message: e.to_string() })).await;
                         return;
                     }
                     None => {
-                        let _ = results.send(Event::ReplyDone { turn }).await;
+                        let _ = results.send(Outcome::Turn(Event::ReplyDone { turn })).await;
                         return;
                     }
                 };
-                if results.send(event).await.is_err() {
+                if results.send(Outcome::Turn(event)).await.is_err() {
                     return;
                 }
             }
@@ -386,5 +513,19 @@ impl Session {
             return self.turn(Event::PlaybackDone { turn });
         }
         Flow::Continue
+    }
+}
+
+/// A recogniser's answer as the turn's text: a failure is logged and heard as nothing.
+fn recognized(
+    result: Result<Result<String, duplex_speech::AsrError>, tokio::sync::oneshot::error::RecvError>,
+) -> String {
+    match result {
+        Ok(Ok(text)) => text,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "speech recognition failed");
+            String::new()
+        }
+        Err(_) => String::new(),
     }
 }
