@@ -63,6 +63,40 @@ fn it_answers_in_pieces_and_uses_the_history() {
     assert!(prompt.len() > without.len() + 10, "the history is in the prompt");
 }
 
+/// The whole reply of `g` to `user` after `history`.
+fn answer(g: &mut Generator, history: Vec<Exchange>, user: &str) -> String {
+    let mut out = String::new();
+    g.generate(&request(history, user), &mut |p| {
+        out.push_str(&p);
+        true
+    })
+    .unwrap();
+    out
+}
+
+#[test]
+fn a_conversation_continues_from_the_cache_and_says_the_same() {
+    let mut g = Generator::load(&config()).unwrap();
+    let first = answer(&mut g, vec![], "My name is Ada. What is a good name for a cat?");
+    let history = vec![Exchange {
+        user: "My name is Ada. What is a good name for a cat?".into(),
+        assistant: first.trim().into(),
+    }];
+    let started = Instant::now();
+    let continued = answer(&mut g, history.clone(), "And for a dog?");
+    let continued_time = started.elapsed();
+    // A fresh model computes the whole prompt: the same greedy answer.
+    let mut fresh = Generator::load(&config()).unwrap();
+    let started = Instant::now();
+    let whole = answer(&mut fresh, history, "And for a dog?");
+    eprintln!("continued {continued_time:?}, whole prompt {:?}: {continued:?}", started.elapsed());
+    assert_eq!(continued, whole, "continuing from the cache changes nothing");
+    let (computed, prompt) = g.last_prompt();
+    let (all, whole_prompt) = fresh.last_prompt();
+    assert_eq!(all, whole_prompt, "a fresh model computes it all");
+    assert!(computed < prompt / 2, "only the new words were computed: {computed} of {prompt} tokens");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_threads_stream_and_stop_when_cancelled() {
     let llm = LocalLlm::start(&config()).unwrap();

@@ -130,8 +130,20 @@ impl Transcriber for Whisper {
     }
 }
 
+/// Where the last transcription's time went.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Spent {
+    /// Mel spectrogram and encoder.
+    pub encode: std::time::Duration,
+    /// Token by token decoding.
+    pub decode: std::time::Duration,
+    pub tokens: usize,
+}
+
 /// One loaded model and what decoding needs.
 pub struct Recognizer {
+    /// The last transcription's timing.
+    pub spent: Spent,
     model: model::Whisper,
     config: w::Config,
     filters: Vec<f32>,
@@ -242,6 +254,7 @@ impl Recognizer {
         let suppress = Tensor::new(mask.as_slice(), &Device::Cpu)?;
         let suppress_first = if suppress_begin.is_empty() { vec![220, eot] } else { suppress_begin };
         Ok(Self {
+            spent: Spent::default(),
             filters: mel::filters(w::SAMPLE_RATE as u32, w::N_FFT, wc.num_mel_bins),
             model,
             config: wc,
@@ -264,6 +277,7 @@ impl Recognizer {
 
     /// The text of `audio` (16 kHz mono); empty when it holds no speech.
     pub fn transcribe(&mut self, audio: &[f32]) -> candle_core::Result<String> {
+        let started = std::time::Instant::now();
         let n_mels = self.config.num_mel_bins;
         let mel = audio::pcm_to_mel(&self.config, audio, &self.filters);
         let frames = mel.len() / n_mels;
@@ -278,6 +292,7 @@ impl Recognizer {
             frames.min(window).min(w::N_FRAMES),
         )?;
         let features = self.model.encoder.forward(&mel, true)?;
+        let encoded = std::time::Instant::now();
         let mut tokens = self.prompt.clone();
         let mut said = Vec::new();
         let mut logprob_sum = 0f64;
@@ -326,6 +341,7 @@ impl Recognizer {
                 break;
             }
         }
+        self.spent = Spent { encode: encoded - started, decode: encoded.elapsed(), tokens: said.len() };
         let avg_logprob = if said.is_empty() { 0.0 } else { logprob_sum / said.len() as f64 };
         tracing::debug!(no_speech_prob, avg_logprob, tokens = said.len(), "transcribed");
         // Whisper itself also wants unlikely tokens (avg < -1) before it calls a

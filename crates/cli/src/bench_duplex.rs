@@ -37,6 +37,14 @@ const QUESTIONS: &[&str] = &[
 pub struct DuplexBenchArgs {
     pub assets: PathBuf,
     pub turns: usize,
+    /// Parts to run: vad, asr, llm, conversation.
+    pub parts: Vec<String>,
+}
+
+impl DuplexBenchArgs {
+    fn runs(&self, part: &str) -> bool {
+        self.parts.iter().any(|p| p == part)
+    }
 }
 
 fn vad_cost(args: &DuplexBenchArgs, speech: &[i16]) -> anyhow::Result<Summary> {
@@ -110,7 +118,7 @@ fn words(text: &str) -> Vec<String> {
 /// Time per turn, real-time factor and the share of the questions' words
 /// found in the transcripts, with the encoder window fitted to the turn plus
 /// `pad_ms` (0 = Whisper's full 30 s window).
-fn asr(args: &DuplexBenchArgs, clips: &[Vec<i16>], pad_ms: u32) -> anyhow::Result<(Summary, Summary, f64)> {
+fn asr(args: &DuplexBenchArgs, clips: &[Vec<i16>], pad_ms: u32) -> anyhow::Result<(Summary, Summary, f64, String)> {
     let config = duplex_asr::WhisperConfig {
         model_dir: args.assets.join("asr/whisper-tiny.en"),
         fitted_window_pad_ms: pad_ms,
@@ -118,6 +126,7 @@ fn asr(args: &DuplexBenchArgs, clips: &[Vec<i16>], pad_ms: u32) -> anyhow::Resul
     };
     let mut r = duplex_asr::whisper::Recognizer::load(&config)?;
     let (mut ms, mut rtf) = (Vec::new(), Vec::new());
+    let (mut encode, mut decode, mut tokens) = (Vec::new(), Vec::new(), 0);
     let (mut found, mut total) = (0, 0);
     for round in 0..2 {
         for (clip, question) in clips.iter().zip(QUESTIONS) {
@@ -126,6 +135,9 @@ fn asr(args: &DuplexBenchArgs, clips: &[Vec<i16>], pad_ms: u32) -> anyhow::Resul
             let text = r.transcribe(&audio)?;
             let took = t.elapsed().as_secs_f64();
             ms.push(took * 1e3);
+            encode.push(r.spent.encode.as_secs_f64() * 1e3);
+            decode.push(r.spent.decode.as_secs_f64() * 1e3);
+            tokens += r.spent.tokens;
             rtf.push(took / (audio.len() as f64 / RATE as f64));
             if round == 0 {
                 let got = words(&text);
@@ -135,7 +147,13 @@ fn asr(args: &DuplexBenchArgs, clips: &[Vec<i16>], pad_ms: u32) -> anyhow::Resul
             }
         }
     }
-    Ok((Summary::of(&mut ms), Summary::of(&mut rtf), found as f64 / total as f64))
+    let split = format!(
+        "encoder p50 {:.0} ms, decoder p50 {:.0} ms for {:.1} tokens on average",
+        Summary::of(&mut encode).p50,
+        Summary::of(&mut decode).p50,
+        tokens as f64 / ms.len() as f64
+    );
+    Ok((Summary::of(&mut ms), Summary::of(&mut rtf), found as f64 / total as f64, split))
 }
 
 /// Time to the first token and tokens per second of the local model, on the
@@ -169,6 +187,48 @@ fn llm(args: &DuplexBenchArgs) -> anyhow::Result<(Summary, Summary)> {
         }
     }
     Ok((Summary::of(&mut first), Summary::of(&mut rate)))
+}
+
+/// First token of each turn of a conversation (the questions in a row, each
+/// with the exchanges before it as history), computing the whole prompt each
+/// time and continuing from the previous turn's attention cache.
+fn llm_conversation(args: &DuplexBenchArgs) -> anyhow::Result<Vec<(usize, f64, f64)>> {
+    let config = duplex_reply::LocalConfig {
+        model_path: args.assets.join("llm/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        ..Default::default()
+    };
+    let mut g = duplex_reply::local::Generator::load(&config)?;
+    let mut history: Vec<duplex_reply::Exchange> = Vec::new();
+    let mut turns = Vec::new();
+    for question in QUESTIONS {
+        // First continuing from the cache the previous turn left, then the
+        // whole prompt computed afresh; that reply (and cache) go on.
+        let mut timed = [0.0; 2];
+        let mut reply = String::new();
+        for (i, whole) in [false, true].into_iter().enumerate() {
+            if whole {
+                g.forget();
+            }
+            let request = duplex_reply::Request {
+                history: history.clone(),
+                user: question.to_string(),
+                cancel: tokio_util::sync::CancellationToken::new(),
+            };
+            let started = Instant::now();
+            let mut first_at = None;
+            reply.clear();
+            g.generate(&request, &mut |piece| {
+                first_at.get_or_insert_with(Instant::now);
+                reply.push_str(&piece);
+                true
+            })?;
+            timed[i] = first_at.map(|at| (at - started).as_secs_f64() * 1e3).unwrap_or(f64::NAN);
+        }
+        let (_, prompt) = g.last_prompt();
+        turns.push((prompt, timed[1], timed[0]));
+        history.push(duplex_reply::Exchange { user: question.to_string(), assistant: reply.trim().to_string() });
+    }
+    Ok(turns)
 }
 
 /// Streams `mic` in real time from `t0`, returning what arrived; stops
@@ -219,43 +279,74 @@ fn worker_yaml(assets: &std::path::Path) -> String {
 pub async fn run(args: DuplexBenchArgs) -> anyhow::Result<()> {
     println!("duplex bench-duplex: {} turns, user speech by the Piper voice streamed in real time", args.turns);
     let clips: Vec<Vec<i16>> = QUESTIONS.iter().map(|q| speak(&args.assets, q, RATE)).collect::<Result<_, _>>()?;
-    let vad = vad_cost(&args, &clips.concat())?;
-    println!("VAD per 32 ms window (µs):          {vad}");
-    for (ms, split) in endpointing(&args, &[160, 224, 288, 320, 416, 512])? {
-        println!(
-            "end of turn after {ms:3} ms of silence: {split} of {} multi-clause turns cut in two",
-            LONG_TURNS.len()
-        );
+    if args.runs("vad") {
+        let vad = vad_cost(&args, &clips.concat())?;
+        println!("VAD per 32 ms window (µs):          {vad}");
+        for (ms, split) in endpointing(&args, &[160, 224, 288, 320, 416, 512])? {
+            println!(
+                "end of turn after {ms:3} ms of silence: {split} of {} multi-clause turns cut in two",
+                LONG_TURNS.len()
+            );
+        }
     }
-    let default_pad = duplex_asr::WhisperConfig::default().fitted_window_pad_ms;
-    for pad in [0, 2_000, default_pad] {
-        let (ms, rtf, words) = asr(&args, &clips, pad)?;
-        let window = if pad == 0 { "full 30 s window".to_string() } else { format!("turn + {pad} ms window") };
-        println!("ASR, {window:<22} per turn (ms): {ms}");
-        println!("    real-time factor p50 {:.2}, words recognised {:.0} %", rtf.p50, words * 100.0);
+    if args.runs("asr") {
+        let default_pad = duplex_asr::WhisperConfig::default().fitted_window_pad_ms;
+        for pad in [0, 2_000, default_pad] {
+            let (ms, rtf, words, split) = asr(&args, &clips, pad)?;
+            let window = if pad == 0 { "full 30 s window".to_string() } else { format!("turn + {pad} ms window") };
+            println!("ASR, {window:<22} per turn (ms): {ms}");
+            println!("    real-time factor p50 {:.2}, words recognised {:.0} %, {split}", rtf.p50, words * 100.0);
+        }
     }
-
-    let (ttft, rate) = llm(&args)?;
-    println!("local LLM, first token (ms):        {ttft}");
-    println!("local LLM, tokens per second:       {rate}");
+    if args.runs("llm") {
+        let (ttft, rate) = llm(&args)?;
+        println!("local LLM, first token (ms):        {ttft}");
+        println!("local LLM, tokens per second:       {rate}");
+        for (turn, (prompt, whole, continued)) in llm_conversation(&args)?.iter().enumerate() {
+            println!(
+                "local LLM, turn {} of a conversation ({prompt:3} prompt tokens), first token: whole prompt {whole:4.0} ms, continued from the cache {continued:4.0} ms",
+                turn + 1
+            );
+        }
+    }
+    if !args.runs("conversation") {
+        return Ok(());
+    }
 
     let worker = std::env::temp_dir().join(format!("duplex-bench-duplex-{}.yaml", std::process::id()));
     std::fs::write(&worker, worker_yaml(&args.assets))?;
-    for responder in ["echo", "local"] {
+    // Each responder twice in one run: recognition only at the end of the
+    // turn (pause_ms 0), then started at a pause with the reply started
+    // early (the defaults).
+    let early = duplex_speech::VadConfig::default().pause_ms;
+    for (responder, pause_ms) in [("echo", 0), ("echo", early), ("local", 0), ("local", early)] {
+        let label = format!("{responder}, {}", if pause_ms == 0 { "at the end" } else { "early start" });
         let orchestrator =
             std::env::temp_dir().join(format!("duplex-bench-duplex-{responder}-{}.yaml", std::process::id()));
-        std::fs::write(&orchestrator, format!("conversation:\n  responder:\n    kind: {responder}\n"))?;
+        std::fs::write(
+            &orchestrator,
+            format!(
+                "conversation:\n  early_reply: {}\n  vad:\n    pause_ms: {pause_ms}\n  responder:\n    kind: {responder}\n",
+                pause_ms > 0
+            ),
+        )?;
         let stack = start_stack_with(4, Some(&worker), Some(&orchestrator)).await?;
-        let result = conversation(&args, &stack, &clips, responder == "echo").await;
+        // Barge-in is measured once, with the defaults.
+        let barge_in = responder == "echo" && pause_ms > 0;
+        let result = conversation(&args, &stack, &clips, barge_in).await;
         let _ = std::fs::remove_file(&orchestrator);
-        let (mut turn_ms, mut clear_ms, late_frames) = result?;
-        println!("[{responder}] turn latency, end of speech → first reply audio (ms): {}", Summary::of(&mut turn_ms));
+        let Turns { mut turn_ms, mut clear_ms, late_frames, parts } = result?;
+        println!("[{label}] turn latency, end of speech → first reply audio (ms): {}", Summary::of(&mut turn_ms));
+        println!(
+            "[{label}]   p50 parts: VAD end of turn +{:.0} ms, then transcript +{:.0}, first reply text +{:.0}, first audio +{:.0}",
+            median_of(&parts, 0),
+            median_of(&parts, 1),
+            median_of(&parts, 2),
+            median_of(&parts, 3)
+        );
         if !clear_ms.is_empty() {
-            println!(
-                "[{responder}] barge-in, speech onset in the input → clear (ms):     {}",
-                Summary::of(&mut clear_ms)
-            );
-            println!("[{responder}] frames of the interrupted reply after its clear:      {late_frames}");
+            println!("[{label}] barge-in, speech onset in the input → clear (ms):     {}", Summary::of(&mut clear_ms));
+            println!("[{label}] frames of the interrupted reply after its clear:      {late_frames}");
         }
     }
     let _ = std::fs::remove_file(&worker);
@@ -267,6 +358,22 @@ pub async fn run(args: DuplexBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+struct Turns {
+    turn_ms: Vec<f64>,
+    clear_ms: Vec<f64>,
+    late_frames: usize,
+    parts: Vec<[f64; 4]>,
+}
+
+/// Median of column `i` of `rows` (NaN skipped).
+fn median_of(rows: &[[f64; 4]], i: usize) -> f64 {
+    let mut v: Vec<f64> = rows.iter().map(|r| r[i]).filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    Summary::of(&mut v).p50
+}
+
 /// Turns against a running stack: turn latencies, and (with `barge_in`)
 /// interruption timings and frames that came after a clear.
 async fn conversation(
@@ -274,12 +381,15 @@ async fn conversation(
     stack: &crate::bench::Stack,
     clips: &[Vec<i16>],
     barge_in: bool,
-) -> anyhow::Result<(Vec<f64>, Vec<f64>, usize)> {
+) -> anyhow::Result<Turns> {
     let mut c = Client::connect(&stack.url, AudioFormat::Binary).await?;
     c.session_start().await?;
     let mut sequence = 0;
     let (mut turn_ms, mut clear_ms) = (Vec::new(), Vec::new());
     let mut late_frames = 0usize;
+    // Per turn: the speech's end in the input → the VAD's end of turn, then
+    // from that: transcript, first reply text, first reply audio.
+    let mut parts: Vec<[f64; 4]> = Vec::new();
     for i in 0..args.turns {
         let clip = &clips[i % clips.len()];
         let (_, speech_end) = speech_bounds(clip, RATE).context("the clip has speech")?;
@@ -290,10 +400,14 @@ async fn conversation(
         let mut first_audio = None;
         let t0 = stream(&mut c, &mic, &mut sequence, Duration::from_secs(20), |ev, _| {
             match ev {
-                // A model's reply can be long: it is stopped once it is heard.
-                Event::Audio { at, .. } if first_audio.is_none() && !barge_in => {
-                    first_audio = Some(*at);
-                    return true;
+                Event::Message {
+                    message: ServerMessage::TurnMetrics { transcript_ms, first_reply_text_ms, first_audio_ms, .. },
+                    ..
+                } => {
+                    let ms = |v: &Option<f64>| v.unwrap_or(f64::NAN);
+                    parts.push([f64::NAN, ms(transcript_ms), ms(first_reply_text_ms), ms(first_audio_ms)]);
+                    // A model's reply can be long: it is stopped once it is heard.
+                    return !barge_in;
                 }
                 Event::Audio { at, .. } if first_audio.is_none() => first_audio = Some(*at),
                 Event::Message { message: ServerMessage::State { state, .. }, .. } if state == "listening" => {
@@ -313,6 +427,11 @@ async fn conversation(
             continue;
         };
         turn_ms.push((first - (t0 + end_at)).as_secs_f64() * 1e3);
+        let this_turn = parts.len() == turn_ms.len();
+        if let Some(p) = parts.last_mut().filter(|_| this_turn) {
+            // The VAD's decision came this long after the speech ended in the input.
+            p[0] = turn_ms[turn_ms.len() - 1] - p[3];
+        }
         if !barge_in {
             c.control(Command::Stop).await?;
             let until = Instant::now() + Duration::from_secs(10);
@@ -363,5 +482,5 @@ async fn conversation(
         let (at, _) = cleared.context("no clear event")?;
         clear_ms.push((at - (t0 + over_at)).as_secs_f64() * 1e3);
     }
-    Ok((turn_ms, clear_ms, late_frames))
+    Ok(Turns { turn_ms, clear_ms, late_frames, parts })
 }

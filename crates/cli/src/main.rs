@@ -75,6 +75,9 @@ enum Cmd {
         /// Question-and-interruption rounds.
         #[arg(long, default_value_t = 10)]
         turns: usize,
+        /// What to measure: any of vad, asr, llm, conversation (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "vad,asr,llm,conversation")]
+        parts: Vec<String>,
     },
     BenchRouting {
         #[arg(long, default_value = "redis://127.0.0.1:6379", env = "REDIS_URL")]
@@ -158,8 +161,8 @@ async fn main() -> anyhow::Result<()> {
         Cmd::BenchTts { assets, reps, max_sessions } => {
             duplex_cli::bench_tts::run(duplex_cli::bench_tts::TtsBenchArgs { assets, reps, max_sessions }).await
         }
-        Cmd::BenchDuplex { assets, turns } => {
-            duplex_cli::bench_duplex::run(duplex_cli::bench_duplex::DuplexBenchArgs { assets, turns }).await
+        Cmd::BenchDuplex { assets, turns, parts } => {
+            duplex_cli::bench_duplex::run(duplex_cli::bench_duplex::DuplexBenchArgs { assets, turns, parts }).await
         }
         Cmd::BenchRouting { redis } => duplex_cli::bench_routing::run(&redis).await,
         Cmd::Assets { dir, voice } => {

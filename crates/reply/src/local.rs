@@ -5,6 +5,7 @@
 //! token's text is sent as soon as it is whole UTF-8, and a cancelled reply
 //! stops between tokens.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::time::Instant;
@@ -21,6 +22,9 @@ use duplex_bpe::Bpe;
 
 /// Replies waiting for a generation thread; more are refused at once.
 const QUEUE: usize = 4;
+/// Replies remembered as generated tokens: more than a history holds
+/// (`conversation.history_turns`, 20), for a few conversations.
+const REMEMBERED_REPLIES: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -134,6 +138,15 @@ pub struct Generator {
     primed: ModelWeights,
     /// Tokens of the system prompt in `primed`.
     prefix_len: usize,
+    /// Tokens after the system prompt whose attention cache `model` holds
+    /// (the last prompt and the reply generated to it). A conversation's next
+    /// prompt usually starts with them, so only its new part is computed.
+    cached: Vec<u32>,
+    /// Recent replies as generated: their text (trimmed) and tokens.
+    replies: VecDeque<(String, Vec<u32>)>,
+    /// Prompt tokens the last reply had to compute, and those it found in the cache.
+    computed: usize,
+    reused: usize,
     bpe: Bpe,
     end: Vec<u32>,
     config: LocalConfig,
@@ -177,11 +190,26 @@ impl Generator {
             model: primed.clone(),
             primed,
             prefix_len: prefix.len(),
+            cached: Vec::new(),
+            replies: VecDeque::new(),
+            computed: 0,
+            reused: 0,
             bpe,
             end,
             config: config.clone(),
             describe: format!("local {name}"),
         })
+    }
+
+    /// Drops the conversation kept in the attention cache: the next prompt is computed whole.
+    pub fn forget(&mut self) {
+        self.cached.clear();
+    }
+
+    /// Prompt tokens the last reply computed, and how long its prompt was
+    /// (after the system prompt): less when it continued from the cache.
+    pub fn last_prompt(&self) -> (usize, usize) {
+        (self.computed, self.computed + self.reused)
     }
 
     pub fn tokenizer(&self) -> &Bpe {
@@ -200,15 +228,23 @@ impl Generator {
     fn conversation(&self, history: &[Exchange], user: &str) -> Vec<u32> {
         let mut skip = 0;
         loop {
-            let mut text = String::new();
+            let mut ids = Vec::new();
             // An exchange cut before any of the reply was heard has no
             // assistant words: left out, so the model does not learn silence.
             for e in history[skip..].iter().filter(|e| !e.assistant.trim().is_empty()) {
-                text.push_str(&format!("<|im_start|>user\n{}<|im_end|>\n", e.user));
-                text.push_str(&format!("<|im_start|>assistant\n{}<|im_end|>\n", e.assistant));
+                ids.extend(
+                    self.bpe.encode(&format!("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n", e.user)),
+                );
+                // A reply of ours goes in as the tokens it was generated as
+                // (encoding its text may split it differently), so the
+                // prompt extends what the attention cache holds.
+                match self.replies.iter().find(|(text, _)| *text == e.assistant.trim()) {
+                    Some((_, tokens)) => ids.extend(tokens),
+                    None => ids.extend(self.bpe.encode(&e.assistant)),
+                }
+                ids.extend(self.bpe.encode("<|im_end|>\n"));
             }
-            text.push_str(&format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"));
-            let ids = self.bpe.encode(&text);
+            ids.extend(self.bpe.encode(&format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")));
             if self.prefix_len + ids.len() <= self.config.max_prompt_tokens || skip >= history.len() {
                 return ids;
             }
@@ -221,13 +257,21 @@ impl Generator {
     pub fn generate(&mut self, request: &Request, emit: &mut dyn FnMut(String) -> bool) -> Result<usize, ReplyError> {
         let err = |e: candle_core::Error| ReplyError::Model(e.to_string());
         let rest = self.conversation(&request.history, &request.user);
-        // The system prompt is already in the copy's attention cache.
-        self.model = self.primed.clone();
+        // Continue from the last reply's cache when this prompt extends it;
+        // otherwise from a copy with only the system prompt computed.
+        let reuse = !self.cached.is_empty() && rest.len() > self.cached.len() && rest.starts_with(&self.cached);
+        let from = if reuse { self.cached.len() } else { 0 };
+        if !reuse {
+            self.model = self.primed.clone();
+        }
+        self.cached.clear(); // until this reply is done, the cache is not trusted
         let temperature = (self.config.temperature > 0.0).then_some(self.config.temperature);
         let mut sampler = LogitsProcessor::new(299_792_458, temperature, None);
-        let input = Tensor::new(rest.as_slice(), &Device::Cpu).map_err(err)?.unsqueeze(0).map_err(err)?;
-        let mut logits = self.model.forward(&input, self.prefix_len).map_err(err)?.squeeze(0).map_err(err)?;
+        let input = Tensor::new(&rest[from..], &Device::Cpu).map_err(err)?.unsqueeze(0).map_err(err)?;
+        let mut logits = self.model.forward(&input, self.prefix_len + from).map_err(err)?.squeeze(0).map_err(err)?;
         let prompt_len = self.prefix_len + rest.len();
+        let mut fed = rest.clone();
+        (self.computed, self.reused) = (rest.len() - from, from);
         let mut said: Vec<u32> = Vec::new();
         let mut pending: Vec<u8> = Vec::new();
         let started = Instant::now();
@@ -262,9 +306,23 @@ impl Generator {
             }
             let input = Tensor::new(&[next], &Device::Cpu).map_err(err)?.unsqueeze(0).map_err(err)?;
             logits = self.model.forward(&input, prompt_len + said.len() - 1).map_err(err)?.squeeze(0).map_err(err)?;
+            fed.push(next);
+        }
+        self.cached = fed;
+        // Complete replies are remembered by their text, as history will quote them.
+        let text = String::from_utf8_lossy(&said.iter().flat_map(|t| self.bpe.bytes(*t)).collect::<Vec<u8>>())
+            .trim()
+            .to_string();
+        if !text.is_empty() {
+            self.replies.retain(|(t, _)| *t != text);
+            if self.replies.len() == REMEMBERED_REPLIES {
+                self.replies.pop_front();
+            }
+            self.replies.push_back((text, said.clone()));
         }
         tracing::debug!(
             prompt = prompt_len,
+            computed = self.computed,
             tokens = said.len(),
             tokens_per_s = said.len() as f64 / started.elapsed().as_secs_f64().max(1e-9),
             "reply generated"
