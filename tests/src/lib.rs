@@ -12,6 +12,7 @@ use tonic::transport::Channel;
 
 pub use duplex_cli::client;
 
+pub mod browser;
 pub mod chat;
 pub mod routing;
 pub mod speech;

@@ -367,3 +367,35 @@ async fn a_pause_inside_a_sentence_does_not_end_the_turn() {
     assert_eq!(reply.concat(), format!("You said: {}", transcript[0]), "the reply answers the whole sentence");
     assert!(metric(&stack, "duplex_asr_guesses_total{fate=\"withdrawn\"}").await >= 1.0, "the gap's guess was dropped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typed_turn_is_answered_and_spoken() {
+    use duplex_orchestrator::protocol::ClientMessage;
+    let stack = Stack::start(realtime_worker_config(), |_| {}).await;
+    let mut c = stack.client(AudioFormat::Json).await;
+    c.send(&ClientMessage::UserText { text: "Is it raining?".into() }).await.unwrap();
+    let seen = converse_until(
+        &mut c,
+        &[],
+        Duration::from_secs(10),
+        |m| matches!(m, ServerMessage::State { state, .. } if state == "listening"),
+    )
+    .await;
+    let transcript = texts(&seen, |m| match m {
+        ServerMessage::Transcript { text, .. } => Some(text.clone()),
+        _ => None,
+    });
+    assert_eq!(transcript, ["Is it raining?"]);
+    let reply = texts(&seen, |m| match m {
+        ServerMessage::Reply { text, .. } => Some(text.clone()),
+        _ => None,
+    })
+    .concat();
+    assert_eq!(reply, "You said: Is it raining?");
+    let frames = seen.frames.iter().filter(|(u, _)| *u == 1).count() as u64;
+    assert_eq!(frames, mock_frames(&reply), "the reply was spoken");
+    // Empty typed text is refused; the session goes on.
+    c.send(&ClientMessage::UserText { text: "  ".into() }).await.unwrap();
+    let seen = converse_until(&mut c, &[], Duration::from_secs(5), |m| matches!(m, ServerMessage::Error { .. })).await;
+    assert!(seen.messages.iter().any(|(m, _)| matches!(m, ServerMessage::Error { .. })));
+}

@@ -10,6 +10,7 @@
 //! - [`worker`]: the gRPC client side (shared connection, per-session stream).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`server`]: routes, probes, graceful shutdown.
+//! - [`web`]: the browser page and the voices it offers.
 
 pub mod config;
 pub mod conversation;
@@ -20,6 +21,7 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod turn;
+pub mod web;
 pub mod worker;
 
 pub use config::Config;

@@ -71,6 +71,11 @@ pub enum ClientMessage {
         #[serde(default)]
         id: Option<u64>,
     },
+    /// The user typed instead of speaking: a conversation turn (answered by
+    /// the responder, like a transcript).
+    UserText {
+        text: String,
+    },
     /// Microphone audio in JSON: base64 s16le mono PCM at `sample_rate`.
     /// Decoded into [`ClientMessage::Mic`] before a session sees it.
     AudioIn {

@@ -1,4 +1,5 @@
-//! HTTP surface: the WebSocket endpoint (at `/` and `/ws`), `/health`,
+//! HTTP surface: the WebSocket endpoint (at `/` and `/ws`), the browser page
+//! (`crate::web`), `/health`,
 //! `/ready`, `/metrics`, an optional second listener for the probes, and
 //! graceful shutdown.
 
@@ -11,7 +12,7 @@ use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use serde::Deserialize;
@@ -107,16 +108,13 @@ struct ConnectParams {
     session_id: Option<String>,
 }
 
-/// The demo page: type text, hear it, pause/resume/stop (served at `/`).
-const INDEX: &str = include_str!("../static/index.html");
-
 async fn websocket(
     State(state): State<Arc<AppState>>,
     Query(params): Query<ConnectParams>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let Ok(upgrade) = upgrade else {
-        return Html(INDEX).into_response();
+        return crate::web::index();
     };
     let hard_limit = state.config.transport.websocket.max_message_bytes * HARD_MESSAGE_LIMIT_FACTOR;
     let format = params.audio_format.unwrap_or_default();
@@ -213,8 +211,12 @@ pub async fn serve(
         live: Arc::default(),
         tasks: TaskTracker::new(),
     });
-    let app =
-        Router::new().route("/", get(websocket)).route("/ws", get(websocket)).merge(probes()).with_state(state.clone());
+    let app = Router::new()
+        .route("/", get(websocket))
+        .route("/ws", get(websocket))
+        .merge(probes())
+        .merge(crate::web::routes())
+        .with_state(state.clone());
     tracing::info!(
         addr = ?main.local_addr().ok(),
         probes = ?probe.as_ref().and_then(|l| l.local_addr().ok()),

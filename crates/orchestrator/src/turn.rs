@@ -121,6 +121,10 @@ pub enum Event {
     },
     /// The client stopped the bot (STOP): the reply ends where it was.
     Silenced,
+    /// The user typed instead of speaking: a turn whose words are known.
+    Typed {
+        text: String,
+    },
 }
 
 /// Told to the client.
@@ -261,22 +265,28 @@ impl Machine {
             }
             (S::Thinking { turn, cut, earlier }, E::Transcript { turn: t, text }) if t == turn => {
                 let user = join(&earlier.map(|(_, w)| w).unwrap_or_default(), &text);
-                if user.is_empty() || (cut.is_some() && is_backchannel(&user)) {
-                    // Not speech after all, or "mm-hm" while the bot talks: go on.
-                    return match cut {
-                        Some(cut) => self.resume(cut, out),
-                        None => S::Listening,
-                    };
-                }
-                out.push(Action::Notify(Notice::Transcript { turn, text: user.clone() }));
-                if let Some(cut) = cut {
-                    out.push(Action::CancelReply { turn: cut.turn });
-                    let heard = cut.reply.heard();
-                    out.push(Action::Notify(Notice::Interrupted { turn: cut.turn, heard: heard.clone() }));
-                    out.push(Action::Remember { user: cut.reply.user.clone(), assistant: with_cut_mark(heard) });
-                }
-                out.push(Action::Respond { turn, user: user.clone() });
-                S::Speaking { turn, reply: Reply { user, ..Reply::default() } }
+                self.answer(turn, cut, user, out)
+            }
+
+            // --- typed words ---
+            (S::Listening, E::Typed { text }) => {
+                self.last_turn += 1;
+                self.answer(self.last_turn, None, text.trim().to_string(), out)
+            }
+            (S::Speaking { turn, reply }, E::Typed { text }) => {
+                // Typing over the bot interrupts it like speaking does.
+                out.push(Action::StopSpeaking { turn });
+                self.last_turn += 1;
+                self.answer(self.last_turn, Some(Cut { turn, reply }), text.trim().to_string(), out)
+            }
+            // Typed while speaking or being understood: the words join that turn.
+            (S::UserSpeaking { cut, earlier }, E::Typed { text }) => {
+                let (t, words) = earlier.unwrap_or_default();
+                S::UserSpeaking { cut, earlier: Some((t, join(&words, &text))) }
+            }
+            (S::Thinking { turn, cut, earlier }, E::Typed { text }) => {
+                let (t, words) = earlier.unwrap_or_default();
+                S::Thinking { turn, cut, earlier: Some((t, join(&words, &text))) }
             }
 
             // --- the reply streams in ---
@@ -346,6 +356,28 @@ impl Machine {
             // Anything else is stale (an old turn's late result) or has no effect here.
             (state, _) => state,
         }
+    }
+
+    /// The user said (or typed) `user` in `turn`: answer it, abandoning a cut
+    /// reply; nothing intelligible (or a backchannel over the bot) resumes the
+    /// cut reply instead.
+    fn answer(&mut self, turn: TurnId, cut: Option<Cut>, user: String, out: &mut Vec<Action>) -> State {
+        if user.is_empty() || (cut.is_some() && is_backchannel(&user)) {
+            // Not speech after all, or "mm-hm" while the bot talks: go on.
+            return match cut {
+                Some(cut) => self.resume(cut, out),
+                None => State::Listening,
+            };
+        }
+        out.push(Action::Notify(Notice::Transcript { turn, text: user.clone() }));
+        if let Some(cut) = cut {
+            out.push(Action::CancelReply { turn: cut.turn });
+            let heard = cut.reply.heard();
+            out.push(Action::Notify(Notice::Interrupted { turn: cut.turn, heard: heard.clone() }));
+            out.push(Action::Remember { user: cut.reply.user.clone(), assistant: with_cut_mark(heard) });
+        }
+        out.push(Action::Respond { turn, user: user.clone() });
+        State::Speaking { turn, reply: Reply { user, ..Reply::default() } }
     }
 
     /// The interruption was not speech: speak the cut reply again from the
@@ -565,6 +597,34 @@ mod tests {
         m.on_event(Event::Transcript { turn: 2, text: "Hm?".into() });
         let a = m.on_event(Event::ReplyDone { turn: 2 });
         assert!(a.contains(&Action::Remember { user: "Hm?".into(), assistant: String::new() }));
+        assert_eq!(m.state(), &State::Listening);
+    }
+
+    #[test]
+    fn typed_words_are_a_turn_and_interrupt_like_speech() {
+        let mut m = Machine::new();
+        let a = m.on_event(Event::Typed { text: " Hello there ".into() });
+        assert!(a.contains(&Action::Notify(Notice::Transcript { turn: 1, text: "Hello there".into() })));
+        assert!(a.contains(&Action::Respond { turn: 1, user: "Hello there".into() }));
+        assert!(m.bot_speaking());
+        // Typing over the reply stops it, and what was heard is remembered.
+        m.on_event(Event::ReplyText { turn: 1, text: "Hi! How are you?".into() });
+        m.on_event(Event::Played { turn: 1, text_offset: 4 });
+        let a = m.on_event(Event::Typed { text: "Stop.".into() });
+        assert_eq!(a[0], Action::StopSpeaking { turn: 1 });
+        assert!(a.contains(&Action::CancelReply { turn: 1 }));
+        assert!(a.contains(&Action::Remember { user: "Hello there".into(), assistant: "Hi! —".into() }));
+        assert!(a.contains(&Action::Respond { turn: 2, user: "Stop.".into() }));
+        // Typed while speaking: the words join the spoken turn.
+        let mut m = Machine::new();
+        m.on_event(Event::SpeechStarted);
+        m.on_event(Event::Typed { text: "Please,".into() });
+        m.on_event(Event::SpeechEnded { audio: vec![] });
+        let a = m.on_event(Event::Transcript { turn: 1, text: "two teas.".into() });
+        assert!(a.contains(&Action::Respond { turn: 1, user: "Please, two teas.".into() }), "{a:?}");
+        // Nothing typed, nothing done.
+        let mut m = Machine::new();
+        m.on_event(Event::Typed { text: "  ".into() });
         assert_eq!(m.state(), &State::Listening);
     }
 }

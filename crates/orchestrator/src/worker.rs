@@ -10,7 +10,8 @@ use std::time::Duration;
 use duplex_discovery::{Affinity, View, Want, WorkerRecord};
 use duplex_proto::TtsServiceClient;
 use duplex_proto::tts::{
-    AudioFrame, ControlCommand, ControlRequest, EndSessionRequest, LoadModelRequest, StartSessionRequest, TextChunk,
+    AudioFrame, ControlCommand, ControlRequest, EndSessionRequest, ListModelsRequest, LoadModelRequest,
+    StartSessionRequest, TextChunk,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,6 +20,13 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 
 use crate::config::{ConfigError, Routing, worker_uri};
+
+/// A voice a session can choose (`config` message `model`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Voice {
+    pub id: String,
+    pub languages: Vec<String>,
+}
 
 /// Text chunks queued toward the worker per session. Text is tiny and the
 /// worker reads it at once; full means the worker is stuck, and the client
@@ -181,6 +189,36 @@ impl WorkerPool {
             Ok(r) => r.map_err(|s| self.map_status(addr, s)),
             Err(_) => Err(WorkerError::Timeout { addr: addr.to_string(), timeout_ms: limit.as_millis() as u64 }),
         }
+    }
+
+    /// The voices (models) sessions can ask for: the static worker's list,
+    /// or every model of the registered workers (languages merged).
+    pub async fn voices(&self) -> Result<Vec<Voice>, WorkerError> {
+        let mut voices: Vec<Voice> = match &self.source {
+            Source::Static(w) => {
+                let mut client = TtsServiceClient::new(w.channel.clone());
+                let models = self.within(&w.addr, self.timeout, client.list_models(ListModelsRequest {})).await?;
+                models
+                    .into_inner()
+                    .models
+                    .into_iter()
+                    .map(|m| Voice { id: m.model_id, languages: m.languages })
+                    .collect()
+            }
+            Source::Registry { view, .. } => {
+                let mut by_id: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+                for record in view.workers() {
+                    for m in record.models {
+                        let languages = by_id.entry(m.model_id).or_default();
+                        languages
+                            .extend(m.languages.into_iter().filter(|l| !languages.contains(l)).collect::<Vec<_>>());
+                    }
+                }
+                by_id.into_iter().map(|(id, languages)| Voice { id, languages }).collect()
+            }
+        };
+        voices.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(voices)
     }
 
     /// Ready to take sessions? Static: the worker answers gRPC health SERVING.

@@ -73,7 +73,8 @@ struct Timing {
 }
 
 pub(super) struct Dialogue {
-    listener: Listener,
+    /// The microphone stream, once the client sends audio (typed turns need none).
+    listener: Option<Listener>,
     machine: Machine,
     history: VecDeque<Exchange>,
     results_tx: mpsc::Sender<Outcome>,
@@ -94,10 +95,10 @@ pub(super) struct Dialogue {
 }
 
 impl Dialogue {
-    fn new(listener: Listener) -> Self {
+    fn new() -> Self {
         let (results_tx, results_rx) = mpsc::channel(RESULT_QUEUE);
         Self {
-            listener,
+            listener: None,
             machine: Machine::new(),
             history: VecDeque::new(),
             results_tx,
@@ -123,9 +124,15 @@ pub(super) enum Next {
 /// Pending while there is no dialogue. Cancel-safe (channel receives).
 pub(super) async fn next(dialogue: &mut Option<Dialogue>) -> Next {
     match dialogue {
-        Some(d) => tokio::select! {
-            heard = d.listener.events.recv() => Next::Heard(heard),
-            Some(result) = d.results_rx.recv() => Next::Result(result),
+        Some(d) => match &mut d.listener {
+            Some(listener) => tokio::select! {
+                heard = listener.events.recv() => Next::Heard(heard),
+                Some(result) = d.results_rx.recv() => Next::Result(result),
+            },
+            None => match d.results_rx.recv().await {
+                Some(result) => Next::Result(result),
+                None => std::future::pending().await,
+            },
         },
         None => std::future::pending().await,
     }
@@ -134,10 +141,11 @@ pub(super) async fn next(dialogue: &mut Option<Dialogue>) -> Next {
 impl Session {
     /// Microphone audio from the client.
     pub(super) fn on_mic(&mut self, pcm: Vec<i16>, sample_rate: u32) -> Flow {
-        if self.dialogue.as_ref().is_some_and(|d| d.listener.rate_hz() != sample_rate) {
-            self.dialogue = None; // a new rate: a new stream
+        let d = self.dialogue.get_or_insert_with(Dialogue::new);
+        if d.listener.as_ref().is_some_and(|l| l.rate_hz() != sample_rate) {
+            d.listener = None; // a new rate: a new stream (the conversation goes on)
         }
-        if self.dialogue.is_none() {
+        if d.listener.is_none() {
             let ears = match &self.state.conversation.ears {
                 Ok(ears) => ears.clone(),
                 Err(why) => {
@@ -146,26 +154,49 @@ impl Session {
                 }
             };
             match ears.listen(sample_rate) {
-                Ok(listener) => self.dialogue = Some(Dialogue::new(listener)),
+                Ok(listener) => {
+                    listener.set_bot_speaking(d.machine.bot_speaking());
+                    d.listener = Some(listener);
+                }
                 Err(e) => return self.error(ErrorCode::InvalidMessage, e.to_string()),
             }
         }
-        let d = self.dialogue.as_ref().expect("created above");
-        match d.listener.push(pcm) {
-            Ok(()) => Flow::Continue,
-            Err(e) => self.error(ErrorCode::InvalidMessage, e.to_string()),
+        match d.listener.as_ref().map(|l| l.push(pcm)) {
+            Some(Err(e)) => self.error(ErrorCode::InvalidMessage, e.to_string()),
+            _ => Flow::Continue,
         }
+    }
+
+    /// The user typed instead of speaking: a turn of the conversation.
+    pub(super) fn on_user_text(&mut self, text: String) -> Flow {
+        let limit = self.state.config.session.max_text_chars;
+        if text.trim().is_empty() {
+            return self.error(ErrorCode::InvalidMessage, "user_text needs some text");
+        }
+        if text.chars().count() > limit {
+            return self.error(ErrorCode::InvalidMessage, format!("user_text is longer than {limit} characters"));
+        }
+        self.dialogue.get_or_insert_with(Dialogue::new);
+        // Any bot audio stops, as when the user speaks over it.
+        if let Flow::End(r) = self.barge_in() {
+            return Flow::End(r);
+        }
+        self.turn(Event::Typed { text })
     }
 
     pub(super) fn on_dialogue(&mut self, next: Next) -> Flow {
         match next {
             Next::Heard(Some(Heard::Vad { event, at })) => self.on_vad(event, at),
             Next::Heard(Some(Heard::Failed(why))) => {
-                self.dialogue = None;
+                if let Some(d) = &mut self.dialogue {
+                    d.listener = None;
+                }
                 self.error(ErrorCode::InternalError, format!("voice activity detection failed: {why}"))
             }
             Next::Heard(None) => {
-                self.dialogue = None;
+                if let Some(d) = &mut self.dialogue {
+                    d.listener = None;
+                }
                 Flow::Continue
             }
             Next::Result(Outcome::Turn(event)) => {
@@ -286,8 +317,10 @@ impl Session {
                 return Flow::End(r);
             }
         }
-        if let Some(d) = &self.dialogue {
-            d.listener.set_bot_speaking(d.machine.bot_speaking());
+        if let Some(d) = &self.dialogue
+            && let Some(listener) = &d.listener
+        {
+            listener.set_bot_speaking(d.machine.bot_speaking());
         }
         Flow::Continue
     }

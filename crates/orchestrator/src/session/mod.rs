@@ -356,6 +356,7 @@ impl Session {
             }
             Ok(ClientMessage::Ping { id }) => self.send(ServerMessage::Pong { id }),
             Ok(ClientMessage::Mic { pcm, sample_rate }) => self.on_mic(pcm, sample_rate),
+            Ok(ClientMessage::UserText { text }) => self.on_user_text(text),
             // Decoded into `Mic` by the protocol layer.
             Ok(ClientMessage::AudioIn { .. }) => Flow::Continue,
         }
@@ -463,6 +464,17 @@ impl Session {
                 Err(mpsc::error::TrySendError::Full(_)) => self.worker_failed("worker is not accepting text"),
                 Err(mpsc::error::TrySendError::Closed(_)) => self.worker_failed("worker stream closed"),
             },
+            // A reply streams in many small pieces: while the stream opens,
+            // pieces of the same utterance join its last chunk.
+            Link::Opening { backlog, .. }
+                if backlog.last().is_some_and(|last| last.utterance_id == chunk.utterance_id && !last.is_final) =>
+            {
+                let last = backlog.last_mut().expect("checked above");
+                last.text.push_str(&chunk.text);
+                last.is_final = chunk.is_final;
+                last.sequence_number = chunk.sequence_number;
+                Flow::Continue
+            }
             Link::Opening { backlog, .. } if backlog.len() < TEXT_BACKLOG => {
                 backlog.push(chunk);
                 Flow::Continue
