@@ -12,6 +12,11 @@ demo: deps
     cargo run --quiet --release -p duplex-cli --bin duplex -- assets
     cargo run --quiet --release -p duplex-cli --bin duplex -- demo
 
+# The README's screenshot: the demo's page in headless Chromium mid-conversation (docs/screenshot.png).
+screenshot: deps assets
+    cargo build --release -p duplex-cli --bin duplex
+    scripts/screenshot
+
 # Every test: format, lint, predecessor-client compatibility, unit and integration tests (real voice included).
 test: deps assets fmt-check lint test-compat test-rust
 

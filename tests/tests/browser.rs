@@ -129,3 +129,36 @@ async fn a_lost_connection_is_shown_and_comes_back_without_a_reload() {
     let hidden = b.eval("return document.getElementById('error').hidden").await;
     assert_eq!(hidden, true, "the error is gone once connected");
 }
+
+/// The screenshot in the README (`just screenshot`): the running demo (real
+/// voice, local language model) at `DUPLEX_PAGE`, a typed question and a
+/// spoken one; the page as the second answer is being spoken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a running demo; run by `just screenshot`"]
+async fn screenshot_of_a_running_demo() {
+    let page = std::env::var("DUPLEX_PAGE").unwrap_or_else(|_| "http://127.0.0.1:8080/".into());
+    let out = std::env::var("DUPLEX_SCREENSHOT").unwrap_or_else(|_| "../docs/screenshot.png".into());
+    let mic = fake_mic("browser-demo.wav", "What is the capital of France?");
+    let b = Browser::start(&mic).await;
+    b.goto(&page).await;
+    b.wait_for("return window.duplex && window.duplex.stats.connected", Duration::from_secs(15)).await;
+    b.type_into("#text", "Hello! Who are you?").await;
+    b.click("#send").await;
+    b.wait_for("return document.querySelectorAll('#transcript li.bot').length > 0", Duration::from_secs(30)).await;
+    b.wait_for("return duplex.stats.state === 'listening'", Duration::from_secs(60)).await;
+    b.click("#talk").await;
+    b.wait_for(
+        "const r = document.querySelectorAll('#transcript li.bot .text'); return r.length > 1 && r[1].textContent.length > 25",
+        Duration::from_secs(60),
+    )
+    .await;
+    // Its audio is playing (the turn's latencies come with its first frame).
+    b.wait_for(
+        "return document.getElementById('latency').textContent.includes('after you stopped')",
+        Duration::from_secs(30),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    std::fs::write(&out, b.screenshot().await).unwrap();
+    eprintln!("wrote {out}");
+}

@@ -173,7 +173,7 @@ setInterval(() => {
   lastPoll = now;
   if (audio) {
     const out = rms(audio.outAnalyser, levelBuffer);
-    $("out-level").value = Math.min(1, out * 4);
+    $("out-level").value = Math.min(1, Math.sqrt(out) * 2);
     duplex.stats.outputPeak = Math.max(duplex.stats.outputPeak, out);
     if (out > SILENCE_RMS) duplex.stats.audibleMs += dt;
     if (pendingClear !== null && out <= SILENCE_RMS) {
@@ -181,7 +181,7 @@ setInterval(() => {
       pendingClear = null;
     }
   }
-  if (mic) $("mic-level").value = Math.min(1, rms(mic.analyser, levelBuffer) * 4);
+  if (mic) $("mic-level").value = Math.min(1, Math.sqrt(rms(mic.analyser, levelBuffer)) * 2);
 }, 5);
 
 function playFrame(data) {
@@ -342,8 +342,9 @@ function onMessage(m) {
       break;
     case "turn_metrics": {
       const part = (label, ms) => (ms == null ? null : `${label} ${Math.round(ms)} ms`);
-      const parts = [part("transcript", m.transcript_ms), part("reply", m.first_reply_text_ms), part("first audio", m.first_audio_ms)];
-      $("latency").textContent = `${parts.filter(Boolean).join(" · ")} after you stopped speaking`;
+      const parts = [part("transcript", m.transcript_ms), part("reply", m.first_reply_text_ms), part("first audio", m.first_audio_ms)]
+        .filter(Boolean);
+      if (parts.length) $("latency").textContent = `${parts.join(" · ")} after you stopped speaking`;
       break;
     }
     case "error":

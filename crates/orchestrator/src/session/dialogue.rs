@@ -516,7 +516,8 @@ impl Session {
         if first {
             t.first_audio = Some(now);
         }
-        let report = first.then(|| {
+        // A typed turn has no end of speech to measure from.
+        let report = (first && t.speech_end.is_some()).then(|| {
             let since = |at: Option<Instant>| at.and_then(|a| t.speech_end.map(|end| (a - end).as_secs_f64() * 1e3));
             if let Some(end) = t.speech_end {
                 self.state.metrics.turn_latency.observe((now - end).as_secs_f64());
