@@ -22,6 +22,8 @@ pub fn worker_config() -> duplex_worker::Config {
     let mut c = duplex_worker::Config::default();
     c.grpc.host = "127.0.0.1".into();
     c.grpc.port = 0;
+    c.metrics.host = "127.0.0.1".into();
+    c.metrics.port = 0;
     c.shutdown_grace_ms = 1_000;
     c
 }
@@ -265,6 +267,7 @@ pub fn worker_process(bin: &str, port: u16, config_yaml: Option<&str>, env: &[(&
     }
     cmd.args(["--port", &port.to_string()])
         .env("WORKER_HOST", "127.0.0.1")
+        .env("WORKER_METRICS_PORT", "0")
         .env("LOG_LEVEL", "warn")
         .envs(env.iter().copied())
         .kill_on_drop(true)

@@ -94,12 +94,12 @@ fn shipped_configs_and_compose_ports_agree() {
     worker.validate().unwrap();
     orch.validate().unwrap();
     let compose = repo("docker-compose.yml");
-    for port in [worker.grpc.port, orch.transport.websocket.port, orch.health.port] {
+    for port in [worker.grpc.port, worker.metrics.port, orch.transport.websocket.port, orch.health.port] {
         assert!(compose.contains(&format!("\"{port}:{port}\"")), "compose publishes {port}");
     }
     assert!(compose.contains(&format!("grpc://worker-0:{}", worker.grpc.port)));
     let ops = repo("docs/OPERATIONS.md");
-    for port in [worker.grpc.port, orch.transport.websocket.port, orch.health.port] {
+    for port in [worker.grpc.port, worker.metrics.port, orch.transport.websocket.port, orch.health.port] {
         assert!(ops.contains(&format!("| {port} |")), "docs/OPERATIONS.md lists port {port}");
     }
 }

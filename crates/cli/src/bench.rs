@@ -121,6 +121,7 @@ pub(crate) async fn start_stack_with(
     // A static pair: the registry from our own environment must not apply.
     let worker = worker
         .args(["--port", &grpc.to_string()])
+        .env("WORKER_METRICS_PORT", "0")
         .env_remove("REDIS_URL")
         .envs(quiet.clone())
         .kill_on_drop(true)
@@ -165,6 +166,7 @@ pub(crate) async fn start_registry_stack(redis_url: &str, prefix: &str, workers:
             .args(["--port", &port.to_string()])
             .env("WORKER_NAME", format!("{prefix}-{i}"))
             .env("WORKER_HOST", "127.0.0.1")
+            .env("WORKER_METRICS_PORT", "0")
             .envs(quiet.clone())
             .kill_on_drop(true)
             .spawn()

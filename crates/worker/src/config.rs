@@ -16,6 +16,8 @@ pub struct Config {
     /// Name this worker goes by (`worker:<name>` in the registry).
     pub name: String,
     pub grpc: GrpcConfig,
+    /// Prometheus `/metrics` on a port of its own.
+    pub metrics: MetricsConfig,
     /// Model used when a session names none.
     pub default_model: String,
     /// Models loaded (and warmed) before the worker reports SERVING.
@@ -43,6 +45,21 @@ pub struct GrpcConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub host: String,
+    /// 9464, the Prometheus exporter port of OpenTelemetry's conventions (0 = any free port).
+    pub port: u16,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true, host: "0.0.0.0".into(), port: 9464 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Sessions open at once; StartSession beyond this is RESOURCE_EXHAUSTED.
     pub max_sessions: usize,
@@ -60,6 +77,7 @@ impl Default for Config {
         Self {
             name: "worker-0".into(),
             grpc: GrpcConfig::default(),
+            metrics: MetricsConfig::default(),
             default_model: "mock".into(),
             preload: vec!["mock".into()],
             models: vec![EngineConfig::Mock(MockConfig::default())],
@@ -97,6 +115,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WORKER_NAME", "name"),
     ("WORKER_HOST", "grpc.host"),
     ("WORKER_PORT", "grpc.port"),
+    ("WORKER_METRICS_PORT", "metrics.port"),
     ("DEFAULT_MODEL", "default_model"),
     ("MAX_CONCURRENT_SESSIONS", "limits.max_sessions"),
     ("ORT_DYLIB_PATH", "onnxruntime_library"),
@@ -129,6 +148,9 @@ impl Config {
         }
         if let Some(v) = env("WORKER_PORT") {
             self.grpc.port = parsed("WORKER_PORT", v)?;
+        }
+        if let Some(v) = env("WORKER_METRICS_PORT") {
+            self.metrics.port = parsed("WORKER_METRICS_PORT", v)?;
         }
         if let Some(v) = env("DEFAULT_MODEL") {
             self.default_model = v;

@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod engines;
+pub mod metrics;
 pub mod models;
 pub mod registry;
 pub mod server;

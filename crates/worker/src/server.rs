@@ -36,13 +36,25 @@ pub enum ServeError {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     let addr = format!("{}:{}", config.grpc.host, config.grpc.port);
     let listener = TcpListener::bind(&addr).await.map_err(|source| ServeError::Bind { addr, source })?;
-    serve(listener, config, shutdown).await
+    let metrics = bind_metrics(&config).await?;
+    serve(listener, metrics, config, shutdown).await
+}
+
+/// The metrics listener, when enabled.
+async fn bind_metrics(config: &Config) -> Result<Option<TcpListener>, ServeError> {
+    if !config.metrics.enabled {
+        return Ok(None);
+    }
+    let addr = format!("{}:{}", config.metrics.host, config.metrics.port);
+    TcpListener::bind(&addr).await.map(Some).map_err(|source| ServeError::Bind { addr, source })
 }
 
 /// A worker running in this process (tests, the demo).
 #[derive(Debug)]
 pub struct Handle {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     pub join: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
@@ -52,16 +64,26 @@ pub async fn spawn(config: Config) -> Result<Handle, ServeError> {
     let addr = format!("{}:{}", config.grpc.host, config.grpc.port);
     let listener = TcpListener::bind(&addr).await.map_err(|source| ServeError::Bind { addr: addr.clone(), source })?;
     let local = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+    let metrics = bind_metrics(&config).await?;
+    let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
     let shutdown = CancellationToken::new();
-    let join = tokio::spawn(serve(listener, config, shutdown.clone()));
-    Ok(Handle { addr: local, shutdown, join })
+    let join = tokio::spawn(serve(listener, metrics, config, shutdown.clone()));
+    Ok(Handle { addr: local, metrics_addr, shutdown, join })
 }
 
-pub async fn serve(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
     let addr = listener.local_addr().ok();
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let preload = config.preload.clone();
     let state = Arc::new(State::new(config));
+    let metrics_stop = CancellationToken::new();
+    let _metrics_stop = metrics_stop.clone().drop_guard();
+    let metrics_server = metrics.map(|l| crate::metrics::serve(l, state.clone(), metrics_stop.clone()));
 
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_not_serving::<TtsServiceServer<Service>>().await;
@@ -159,6 +181,10 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: Cancellation
         Ok(Ok(result)) => result?,
         Ok(Err(join)) => tracing::error!(error = %join, "server task failed"),
         Err(_) => tracing::warn!("server did not close its connections in time"),
+    }
+    metrics_stop.cancel();
+    if let Some(m) = metrics_server {
+        let _ = m.await;
     }
     tracing::info!("worker stopped");
     Ok(())

@@ -19,9 +19,10 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::models::{ModelError, Models};
 use crate::session::{Session, Sessions};
-use crate::synth::{self, Counters, FrameStream, StreamLimits};
+use crate::synth::{self, FrameStream, StreamLimits};
 
 /// Fastest and slowest speaking rate a session may ask for.
 const SPEED_RANGE: std::ops::RangeInclusive<f32> = 0.25..=4.0;
@@ -32,7 +33,7 @@ pub struct State {
     pub config: Config,
     pub models: Models,
     pub sessions: Sessions,
-    pub counters: Arc<Counters>,
+    pub metrics: Arc<Metrics>,
     /// Stream tasks, awaited on shutdown.
     pub tasks: TaskTracker,
     /// Parent of every session's token; cancelled when the grace period ends.
@@ -48,7 +49,7 @@ impl State {
             models: Models::new(config.models.clone(), config.model_cache.clone(), config.default_model.clone()),
             config,
             sessions: Sessions::default(),
-            counters: Arc::default(),
+            metrics: Arc::default(),
             tasks: TaskTracker::new(),
             sessions_token: CancellationToken::new(),
             accepting: AtomicBool::new(true),
@@ -165,7 +166,7 @@ impl TtsService for Service {
             max_pending_utterances: state.config.limits.max_pending_utterances,
         };
         let stream =
-            synth::open(&state.sessions, &state.tasks, state.counters.clone(), limits, request.into_inner()).await?;
+            synth::open(&state.sessions, &state.tasks, state.metrics.clone(), limits, request.into_inner()).await?;
         Ok(Response::new(stream))
     }
 
@@ -270,8 +271,8 @@ impl TtsService for Service {
         let metrics = [
             ("active_sessions", state.sessions.len() as f64),
             ("active_jobs", state.models.active_jobs() as f64),
-            ("frames_sent_total", state.counters.frames_sent.load(Ordering::Relaxed) as f64),
-            ("utterances_total", state.counters.utterances.load(Ordering::Relaxed) as f64),
+            ("frames_sent_total", state.metrics.frames_sent.get() as f64),
+            ("utterances_total", state.metrics.utterances_total() as f64),
             ("uptime_s", state.started.elapsed().as_secs_f64()),
         ]
         .into_iter()

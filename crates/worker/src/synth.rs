@@ -3,8 +3,8 @@
 //! session's pause and stop, and ends every utterance with exactly one
 //! `is_final` frame.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use duplex_audio::{FRAME_MS, SAMPLE_RATE_HZ};
 use duplex_proto::tts::{AudioFrame, EndReason, TextChunk};
@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
+use crate::metrics::Metrics;
 use crate::session::{Session, StreamGuard};
 
 /// Frames queued toward gRPC before the writer waits. Small: gRPC flow
@@ -29,13 +30,6 @@ pub struct StreamLimits {
     pub max_pending_utterances: usize,
 }
 
-/// Counters shared with GetCapabilities.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub frames_sent: AtomicU64,
-    pub utterances: AtomicU64,
-}
-
 enum Item {
     Utterance(Utterance),
     /// Ends the stream with this status after the utterances before it.
@@ -47,6 +41,8 @@ struct Utterance {
     job: Option<Job>,
     /// Why the utterance was cut short, when it was.
     abort: Arc<OnceLock<String>>,
+    /// When its first text arrived.
+    received: Instant,
 }
 
 /// Validates the first chunk and starts the stream's tasks. Errors here are
@@ -54,7 +50,7 @@ struct Utterance {
 pub async fn open(
     sessions: &crate::session::Sessions,
     tasks: &tokio_util::task::TaskTracker,
-    counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
     limits: StreamLimits,
     mut input: Streaming<TextChunk>,
 ) -> Result<FrameStream, Status> {
@@ -76,7 +72,7 @@ pub async fn open(
     // Bounded by the limit: a client queueing more utterances gets RESOURCE_EXHAUSTED.
     let (item_tx, item_rx) = mpsc::channel(limits.max_pending_utterances);
     tasks.spawn(read_text(session.clone(), first, input, item_tx, limits));
-    tasks.spawn(write_frames(session, item_rx, out_tx, guard, counters));
+    tasks.spawn(write_frames(session, item_rx, out_tx, guard, metrics));
     Ok(ReceiverStream::new(out_rx))
 }
 
@@ -137,6 +133,7 @@ async fn read_text(
             open.take().expect("checked").finish().await;
         }
         if open.is_none() {
+            let received = Instant::now();
             if id <= session.last_seen() && !session.is_stopped(id) {
                 let msg = format!("utterance_id {id} does not increase (last was {})", session.last_seen());
                 return fail(&item_tx, None, Status::invalid_argument(msg)).await;
@@ -159,7 +156,7 @@ async fn read_text(
                 }
             };
             let handle = job.as_ref().map(|j| j.handle().clone());
-            match item_tx.try_send(Item::Utterance(Utterance { id, job, abort: abort.clone() })) {
+            match item_tx.try_send(Item::Utterance(Utterance { id, job, abort: abort.clone(), received })) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     let msg = format!("more than {} utterances pending on this stream", limits.max_pending_utterances);
@@ -214,7 +211,7 @@ struct Writer {
     session: Arc<Session>,
     out_tx: mpsc::Sender<Result<AudioFrame, Status>>,
     sequence: i64,
-    counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
     /// Text offset of the sentence being spoken (from the engine's marks).
     text_offset: u32,
 }
@@ -223,7 +220,16 @@ impl Writer {
     fn frame(&mut self, utterance_id: u64, audio: Vec<u8>, end: Option<End>) -> AudioFrame {
         self.sequence += 1;
         let (is_final, end_reason, error_message) = match end {
-            Some((reason, msg)) => (true, reason as i32, msg),
+            Some((reason, msg)) => {
+                let name = match reason {
+                    EndReason::Completed => "completed",
+                    EndReason::Stopped => "stopped",
+                    EndReason::Empty => "empty",
+                    EndReason::Error | EndReason::Unspecified => "error",
+                };
+                self.metrics.utterances.with_label_values(&[name]).inc();
+                (true, reason as i32, msg)
+            }
             None => (false, EndReason::Unspecified as i32, String::new()),
         };
         AudioFrame {
@@ -262,6 +268,7 @@ impl Writer {
         let out_tx = self.out_tx.clone();
         // A frame taken from the job but not yet sent, and whether it ends the utterance.
         let mut pending: Option<(Vec<u8>, Option<End>)> = None;
+        let mut first = true;
         let result = loop {
             if session.is_stopped(u.id) || session.closed.is_cancelled() {
                 drop(job);
@@ -280,7 +287,11 @@ impl Writer {
                     let last = end.is_some();
                     let frame = self.frame(u.id, audio, end);
                     permit.send(Ok(frame));
-                    self.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.frames_sent.inc();
+                    if first {
+                        first = false;
+                        self.metrics.first_frame.observe(u.received.elapsed().as_secs_f64());
+                    }
                     if last {
                         break Ok(());
                     }
@@ -309,7 +320,6 @@ impl Writer {
             }
         };
         session.unregister(u.id);
-        self.counters.utterances.fetch_add(1, Ordering::Relaxed);
         result
     }
 }
@@ -319,9 +329,9 @@ async fn write_frames(
     mut item_rx: mpsc::Receiver<Item>,
     out_tx: mpsc::Sender<Result<AudioFrame, Status>>,
     _guard: StreamGuard,
-    counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
 ) {
-    let mut writer = Writer { session: session.clone(), out_tx, sequence: 0, counters, text_offset: 0 };
+    let mut writer = Writer { session: session.clone(), out_tx, sequence: 0, metrics, text_offset: 0 };
     while let Some(item) = item_rx.recv().await {
         match item {
             Item::Utterance(u) => {
