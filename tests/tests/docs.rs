@@ -79,7 +79,9 @@ fn env_variables_agree_between_code_docs_and_compose() {
 
     let compose: serde_yaml::Value = serde_yaml::from_str(&repo("docker-compose.yml")).unwrap();
     for (name, service) in compose["services"].as_mapping().unwrap() {
-        if let Some(env) = service["environment"].as_mapping() {
+        // Our services; third-party ones (Grafana) read their own variables.
+        let ours = service["image"].as_str().is_some_and(|i| i.starts_with("duplex-"));
+        if let Some(env) = service["environment"].as_mapping().filter(|_| ours) {
             for var in env.keys().map(|k| k.as_str().unwrap()) {
                 assert!(known.contains(var), "compose service {name:?} sets {var}, which nothing reads");
             }
@@ -102,4 +104,47 @@ fn shipped_configs_and_compose_ports_agree() {
     for port in [worker.grpc.port, worker.metrics.port, orch.transport.websocket.port, orch.health.port] {
         assert!(ops.contains(&format!("| {port} |")), "docs/OPERATIONS.md lists port {port}");
     }
+}
+
+#[test]
+fn compose_services_check_health_and_monitoring_scrapes_what_exists() {
+    let compose: serde_yaml::Value = serde_yaml::from_str(&repo("docker-compose.yml")).unwrap();
+    let services = compose["services"].as_mapping().unwrap();
+    for (name, service) in services {
+        assert!(service["healthcheck"]["test"].is_sequence(), "service {name:?} has a health check");
+        assert!(service["restart"].as_str().is_some(), "service {name:?} has a restart policy");
+    }
+    let profile = |name: &str| services[name]["profiles"].as_sequence().cloned().unwrap_or_default();
+    for name in ["prometheus", "grafana"] {
+        assert_eq!(profile(name), [serde_yaml::Value::from("monitoring")], "{name} is in the monitoring profile");
+    }
+    // Prometheus scrapes the orchestrator's probe port and each worker's metrics port, as compose sets them.
+    let prometheus = repo("configs/monitoring/prometheus.yml");
+    let orch = duplex_orchestrator::Config::parse(&repo("configs/orchestrator.yaml")).unwrap();
+    assert!(prometheus.contains(&format!("\"orchestrator:{}\"", orch.health.port)));
+    for worker in ["worker-0", "worker-1"] {
+        let port = services[worker]["environment"]["WORKER_METRICS_PORT"].as_str().expect("metrics port set");
+        assert!(prometheus.contains(&format!("\"{worker}:{port}\"")), "prometheus scrapes {worker}:{port}");
+    }
+    // Every metric the dashboard queries is one docs/METRICS.md documents.
+    let metrics_doc = repo("docs/METRICS.md");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&repo("configs/monitoring/grafana/dashboards/duplex.json")).unwrap();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in
+                expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("duplex_"))
+            {
+                let metric = word.trim_end_matches("_bucket");
+                assert!(
+                    metrics_doc.contains(&format!("`{metric}")),
+                    "the dashboard queries {metric}, not in docs/METRICS.md"
+                );
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried >= 10, "the dashboard queries the metrics");
 }
