@@ -115,7 +115,7 @@ fn compose_services_check_health_and_monitoring_scrapes_what_exists() {
         assert!(service["restart"].as_str().is_some(), "service {name:?} has a restart policy");
     }
     let profile = |name: &str| services[name]["profiles"].as_sequence().cloned().unwrap_or_default();
-    for name in ["prometheus", "grafana"] {
+    for name in ["prometheus", "grafana", "jaeger"] {
         assert_eq!(profile(name), [serde_yaml::Value::from("monitoring")], "{name} is in the monitoring profile");
     }
     // Prometheus scrapes the orchestrator's probe port and each worker's metrics port, as compose sets them.

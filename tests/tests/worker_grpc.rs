@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 fn chunk(session: &str, text: &str, is_final: bool, seq: i64) -> TextChunk {
-    TextChunk { session_id: session.into(), text: text.into(), is_final, sequence_number: seq, utterance_id: 0 }
+    TextChunk { session_id: session.into(), text: text.into(), is_final, sequence_number: seq, ..Default::default() }
 }
 
 async fn start(client: &mut duplex_proto::TtsServiceClient<tonic::transport::Channel>, id: &str) {

@@ -118,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Demo { worker_config, orchestrator_config } => {
             let worker = duplex_worker::Config::load(existing(&worker_config), env)?;
             let mut orch = duplex_orchestrator::Config::load(existing(&orchestrator_config), env)?;
-            duplex_telemetry::init(&orch.log)?;
+            let _telemetry = duplex_telemetry::init(&orch.log, &orch.traces, "duplex")?;
             let shutdown = duplex_telemetry::shutdown_on_signals();
             let w = duplex_worker::spawn(worker).await?;
             orch.routing.static_worker_addr = format!("grpc://127.0.0.1:{}", w.addr.port());

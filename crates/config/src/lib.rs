@@ -55,6 +55,34 @@ pub fn apply_log_env(log: &mut LogConfig, env: &impl Fn(&str) -> Option<String>)
     Ok(())
 }
 
+/// The OpenTelemetry exporter's standard variables: `OTEL_EXPORTER_OTLP_ENDPOINT`,
+/// `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf` or `http/json`), `OTEL_SERVICE_NAME`.
+pub fn apply_traces_env(
+    traces: &mut duplex_telemetry::TracesConfig,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    if let Some(v) = env("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        traces.otlp_endpoint = v;
+    }
+    if let Some(v) = env("OTEL_EXPORTER_OTLP_PROTOCOL") {
+        traces.protocol = match v.as_str() {
+            "http/protobuf" => duplex_telemetry::OtlpProtocol::HttpProtobuf,
+            "http/json" => duplex_telemetry::OtlpProtocol::HttpJson,
+            _ => {
+                return Err(ConfigError::Env {
+                    name: "OTEL_EXPORTER_OTLP_PROTOCOL",
+                    value: v,
+                    reason: "expected http/protobuf or http/json".into(),
+                });
+            }
+        };
+    }
+    if let Some(v) = env("OTEL_SERVICE_NAME") {
+        traces.service_name = v;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

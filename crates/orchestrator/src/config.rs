@@ -7,7 +7,7 @@ pub use duplex_asr::WhisperConfig;
 pub use duplex_reply::{LocalConfig, OpenAiConfig};
 pub use duplex_speech::VadConfig;
 
-use duplex_telemetry::LogConfig;
+use duplex_telemetry::{LogConfig, TracesConfig};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,6 +21,8 @@ pub struct Config {
     pub playout: PlayoutConfig,
     pub conversation: Conversation,
     pub log: LogConfig,
+    /// OpenTelemetry traces over OTLP (off unless an endpoint is set).
+    pub traces: TracesConfig,
 }
 
 /// The spoken conversation: microphone in, VAD, speech recognition, replies.
@@ -149,6 +151,7 @@ impl Default for Config {
             playout: PlayoutConfig::default(),
             conversation: Conversation::default(),
             log: LogConfig::default(),
+            traces: TracesConfig::default(),
         }
     }
 }
@@ -235,6 +238,9 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("ORT_DYLIB_PATH", "conversation.onnxruntime_library"),
     ("LOG_LEVEL", "log.level"),
     ("LOG_FORMAT", "log.format"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "traces.otlp_endpoint"),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "traces.protocol"),
+    ("OTEL_SERVICE_NAME", "traces.service_name"),
 ];
 
 impl Config {
@@ -278,6 +284,7 @@ impl Config {
         if let Some(v) = env("ORT_DYLIB_PATH") {
             self.conversation.onnxruntime_library = PathBuf::from(v);
         }
+        duplex_config::apply_traces_env(&mut self.traces, &env)?;
         duplex_config::apply_log_env(&mut self.log, &env)
     }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::engines::EngineConfig;
 use crate::models::ModelCache;
 use duplex_discovery::RegistryConfig;
-use duplex_telemetry::LogConfig;
+use duplex_telemetry::{LogConfig, TracesConfig};
 use duplex_tts::mock::MockConfig;
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +34,8 @@ pub struct Config {
     /// The ONNX Runtime shared library (for Piper voices); `duplex assets` puts it here.
     pub onnxruntime_library: PathBuf,
     pub log: LogConfig,
+    /// OpenTelemetry traces over OTLP (off unless an endpoint is set).
+    pub traces: TracesConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +89,7 @@ impl Default for Config {
             shutdown_grace_ms: 5_000,
             onnxruntime_library: PathBuf::from(".cache/assets/onnxruntime/libonnxruntime.so.1.31.1"),
             log: LogConfig::default(),
+            traces: TracesConfig::default(),
         }
     }
 }
@@ -123,6 +126,9 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WORKER_ADVERTISE_ADDR", "registry.advertise_addr"),
     ("LOG_LEVEL", "log.level"),
     ("LOG_FORMAT", "log.format"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "traces.otlp_endpoint"),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "traces.protocol"),
+    ("OTEL_SERVICE_NAME", "traces.service_name"),
 ];
 
 impl Config {
@@ -167,6 +173,7 @@ impl Config {
         if let Some(v) = env("WORKER_ADVERTISE_ADDR") {
             self.registry.advertise_addr = v;
         }
+        duplex_config::apply_traces_env(&mut self.traces, &env)?;
         duplex_config::apply_log_env(&mut self.log, &env)
     }
 

@@ -37,7 +37,7 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", serde_yaml::to_string(&config)?);
         return Ok(());
     }
-    duplex_telemetry::init(&config.log)?;
+    let _telemetry = duplex_telemetry::init(&config.log, &config.traces, "duplex-worker")?;
     let shutdown = duplex_telemetry::shutdown_on_signals();
     duplex_worker::run(config, shutdown).await.context("worker failed")
 }

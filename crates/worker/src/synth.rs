@@ -43,6 +43,9 @@ struct Utterance {
     abort: Arc<OnceLock<String>>,
     /// When its first text arrived.
     received: Instant,
+    /// `synthesize`, a child of the caller's span when its first chunk carried
+    /// a trace context; ends with the utterance.
+    span: tracing::Span,
 }
 
 /// Validates the first chunk and starts the stream's tasks. Errors here are
@@ -134,6 +137,8 @@ async fn read_text(
         }
         if open.is_none() {
             let received = Instant::now();
+            let span = tracing::info_span!("synthesize", session_id = %session.id, utterance_id = id);
+            duplex_telemetry::propagation::adopt_traceparent(&span, &chunk.traceparent);
             if id <= session.last_seen() && !session.is_stopped(id) {
                 let msg = format!("utterance_id {id} does not increase (last was {})", session.last_seen());
                 return fail(&item_tx, None, Status::invalid_argument(msg)).await;
@@ -156,7 +161,7 @@ async fn read_text(
                 }
             };
             let handle = job.as_ref().map(|j| j.handle().clone());
-            match item_tx.try_send(Item::Utterance(Utterance { id, job, abort: abort.clone(), received })) {
+            match item_tx.try_send(Item::Utterance(Utterance { id, job, abort: abort.clone(), received, span })) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     let msg = format!("more than {} utterances pending on this stream", limits.max_pending_utterances);
@@ -320,6 +325,7 @@ impl Writer {
             }
         };
         session.unregister(u.id);
+        u.span.in_scope(|| tracing::debug!(utterance_id = u.id, "utterance played"));
         result
     }
 }

@@ -62,6 +62,33 @@ struct EarlyReply {
     pieces: mpsc::Receiver<Result<String, ReplyError>>,
 }
 
+/// A turn's trace: its span (a child of the session's) and the phase spans
+/// open now. Dropping a span ends it.
+#[derive(Debug, Default)]
+struct TurnTrace {
+    turn: Option<tracing::Span>,
+    asr: Option<tracing::Span>,
+    reply: Option<tracing::Span>,
+    first_audio: Option<tracing::Span>,
+    playback: Option<tracing::Span>,
+}
+
+impl TurnTrace {
+    fn new(turn: tracing::Span) -> Self {
+        Self { turn: Some(turn), ..Self::default() }
+    }
+
+    fn phase(&self, name: &'static str) -> Option<tracing::Span> {
+        let turn = self.turn.as_ref()?;
+        Some(match name {
+            "asr" => tracing::info_span!(parent: turn, "asr"),
+            "reply" => tracing::info_span!(parent: turn, "reply"),
+            "tts_first_audio" => tracing::info_span!(parent: turn, "tts_first_audio"),
+            _ => tracing::info_span!(parent: turn, "playback"),
+        })
+    }
+}
+
 /// Timestamps of one turn, for its metrics.
 #[derive(Debug, Default)]
 struct Timing {
@@ -89,6 +116,11 @@ pub(super) struct Dialogue {
     /// The reply utterance still receiving text.
     open_reply: Option<(TurnId, u64)>,
     timing: HashMap<TurnId, Timing>,
+    /// The user's speech in progress: its turn span and the `vad` span.
+    speech: Option<(tracing::Span, tracing::Span)>,
+    /// The turn span of speech that ended, until recognition numbers the turn.
+    ended_turn: Option<tracing::Span>,
+    traces: HashMap<TurnId, TurnTrace>,
     /// When the VAD decided the user speaks (barge-in reaction).
     speech_decided: Option<std::time::Instant>,
     told_no_asr: bool,
@@ -109,6 +141,9 @@ impl Dialogue {
             reply_utterances: HashMap::new(),
             open_reply: None,
             timing: HashMap::new(),
+            speech: None,
+            ended_turn: None,
+            traces: HashMap::new(),
             speech_decided: None,
             told_no_asr: false,
         }
@@ -213,6 +248,9 @@ impl Session {
                 if let Some(d) = &mut self.dialogue {
                     d.speech_decided = Some(at);
                     d.guess = None;
+                    let turn = tracing::info_span!("turn");
+                    let vad = tracing::info_span!(parent: &turn, "vad");
+                    d.speech = Some((turn, vad));
                 }
                 // Any bot audio stops now, reply or not.
                 if let Flow::End(r) = self.barge_in() {
@@ -223,6 +261,8 @@ impl Session {
             VadEvent::SpeechEnd { audio, ended_ms, .. } => {
                 if let Some(d) = &mut self.dialogue {
                     d.ended_ms = Some(ended_ms);
+                    // The vad span ends here; the turn goes on.
+                    d.ended_turn = d.speech.take().map(|(turn, _vad)| turn);
                 }
                 self.turn(Event::SpeechEnded { audio })
             }
@@ -357,6 +397,10 @@ impl Session {
     fn transcribe(&mut self, turn: TurnId, audio: Vec<f32>) -> Flow {
         let Some(d) = &mut self.dialogue else { return Flow::Continue };
         d.timing.insert(turn, Timing { speech_end: Some(Instant::now()), ..Timing::default() });
+        let span = d.ended_turn.take().unwrap_or_else(|| tracing::info_span!("turn"));
+        let mut trace = TurnTrace::new(span);
+        trace.asr = trace.phase("asr");
+        d.traces.insert(turn, trace);
         let results = d.results_tx.clone();
         // The turn ended where a guess stopped listening: its transcript is the turn's.
         let ended_ms = d.ended_ms.take();
@@ -412,6 +456,9 @@ impl Session {
             old.cancel();
         }
         d.timing.entry(turn).or_default().reply_asked = Some(Instant::now());
+        // A typed turn starts here.
+        let trace = d.traces.entry(turn).or_insert_with(|| TurnTrace::new(tracing::info_span!("turn")));
+        trace.reply = trace.phase("reply");
         let history: Vec<Exchange> = d.history.iter().cloned().collect();
         // A reply started early on these very words and history is this turn's.
         let early = d.guess.take().and_then(|g| match g.reply {
@@ -463,7 +510,12 @@ impl Session {
         if into.is_none() && text.is_empty() && is_final {
             return Flow::Continue; // nothing open to finish
         }
-        let (id, flow) = self.add_text(into, text, is_final);
+        let trace = d.traces.entry(turn).or_default();
+        if trace.first_audio.is_none() && trace.playback.is_none() {
+            trace.first_audio = trace.phase("tts_first_audio");
+        }
+        let parent = trace.turn.clone();
+        let (id, flow) = self.add_text(into, text, is_final, parent.as_ref());
         if let Some(d) = &mut self.dialogue {
             d.reply_utterances.insert(id, turn);
             d.open_reply = if is_final { None } else { Some((turn, id)) };
@@ -490,8 +542,18 @@ impl Session {
         let Some(d) = &mut self.dialogue else { return };
         let now = Instant::now();
         match event {
-            Event::Transcript { turn, .. } => {
+            Event::Transcript { turn, text } => {
                 d.timing.entry(*turn).or_default().transcript = Some(now);
+                if text.is_empty() {
+                    d.traces.remove(turn); // nothing was said: the turn ends here
+                } else if let Some(trace) = d.traces.get_mut(turn) {
+                    trace.asr = None;
+                }
+            }
+            Event::ReplyDone { turn } | Event::ReplyFailed { turn, .. } => {
+                if let Some(trace) = d.traces.get_mut(turn) {
+                    trace.reply = None;
+                }
             }
             Event::ReplyText { turn, .. } => {
                 let t = d.timing.entry(*turn).or_default();
@@ -515,6 +577,10 @@ impl Session {
         let first = t.first_audio.is_none();
         if first {
             t.first_audio = Some(now);
+            if let Some(trace) = d.traces.get_mut(&turn) {
+                trace.first_audio = None;
+                trace.playback = trace.phase("playback");
+            }
         }
         // A typed turn has no end of speech to measure from.
         let report = (first && t.speech_end.is_some()).then(|| {
@@ -542,6 +608,9 @@ impl Session {
         let Some(d) = &mut self.dialogue else { return Flow::Continue };
         let Some(turn) = d.reply_utterances.remove(&id) else { return Flow::Continue };
         let still_open = d.open_reply.is_some_and(|(t, _)| t == turn);
+        if !still_open {
+            d.traces.remove(&turn); // playback over (or cut): the turn's trace ends
+        }
         if reason == EndReason::Completed && !still_open {
             d.timing.remove(&turn);
             return self.turn(Event::PlaybackDone { turn });

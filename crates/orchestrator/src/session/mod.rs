@@ -420,16 +420,24 @@ impl Session {
                 format!("utterance would reach {} characters, over the limit of {max_utterance}", so_far + chars),
             );
         }
-        let (utterance_id, flow) = self.add_text(self.open_utterance, text, is_final);
+        let (utterance_id, flow) = self.add_text(self.open_utterance, text, is_final, None);
         self.open_utterance = if is_final { None } else { Some(utterance_id) };
         flow
     }
 
-    /// Appends `text` to utterance `into` (`None`: a new one) and sends it to
-    /// the worker; returns the utterance's id.
-    fn add_text(&mut self, into: Option<u64>, text: String, is_final: bool) -> (u64, Flow) {
+    /// Appends `text` to utterance `into` (`None`: a new one, traced under
+    /// `parent` or else the session) and sends it to the worker; returns the
+    /// utterance's id.
+    fn add_text(
+        &mut self,
+        into: Option<u64>,
+        text: String,
+        is_final: bool,
+        parent: Option<&tracing::Span>,
+    ) -> (u64, Flow) {
         let chars = text.chars().count();
         let now = Instant::now();
+        let mut traceparent = String::new();
         let utterance_id = match into {
             Some(id) => id,
             None => {
@@ -439,8 +447,13 @@ impl Session {
                 }
                 self.last_utterance += 1;
                 let id = self.last_utterance;
-                let span = tracing::info_span!("utterance", utterance_id = id);
+                let span = match parent {
+                    Some(p) => tracing::info_span!(parent: p, "utterance", utterance_id = id),
+                    None => tracing::info_span!("utterance", utterance_id = id),
+                };
                 span.in_scope(|| tracing::debug!(chars, "utterance started"));
+                // The worker's synthesis span is a child of this one.
+                traceparent = duplex_telemetry::propagation::traceparent(&span);
                 self.active.insert(id, Utterance::new(now, span));
                 id
             }
@@ -457,6 +470,7 @@ impl Session {
             is_final,
             sequence_number: self.chunk_sequence,
             utterance_id,
+            traceparent,
         };
         let flow = match &mut self.link {
             Link::Up(stream) => match stream.text_tx.try_send(chunk) {

@@ -66,6 +66,7 @@ impl Session {
                 is_final: u.text_final,
                 sequence_number: self.chunk_sequence,
                 utterance_id: id,
+                traceparent: duplex_telemetry::propagation::traceparent(&u.span),
             });
         }
         self.state.metrics.failovers.inc();
