@@ -70,6 +70,11 @@ bench-duplex *ARGS: assets
     cargo build --release -p duplex-cli -p duplex-worker -p duplex-orchestrator
     cargo run --quiet --release -p duplex-cli --bin duplex -- bench-duplex {{ARGS}}
 
+# Opus encode and decode cost per 20 ms frame, on real speech (the WebRTC transport's media).
+bench-webrtc: assets
+    cargo build --release -p duplex-cli
+    cargo run --quiet --release -p duplex-cli --bin duplex -- bench-webrtc
+
 # Speak text through a running demo and save it (`just talk "Hello" out.wav`).
 talk TEXT OUT="reply.wav":
     cargo run --quiet -p duplex-cli --bin duplex -- talk "{{TEXT}}" --out "{{OUT}}"

@@ -5,6 +5,7 @@
 //! - [`talk`]: send text and controls, save or play the reply.
 //! - [`bench`]: latency, control and jitter benchmark at several concurrencies.
 //! - [`bench_duplex`]: the spoken conversation: VAD, ASR, turn latency, barge-in.
+//! - [`bench_webrtc`]: Opus encode and decode cost per 20 ms frame.
 //! - [`bench_routing`]: selection cost and dead-worker detection.
 //! - [`bench_tts`]: the Piper voice: first audio, real-time sessions, engine overhead.
 //! - [`stats`]: percentile summaries.
@@ -15,6 +16,7 @@ pub mod bench;
 pub mod bench_duplex;
 pub mod bench_routing;
 pub mod bench_tts;
+pub mod bench_webrtc;
 pub mod client;
 pub mod stats;
 pub mod talk;

@@ -79,6 +79,11 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_value = "vad,asr,llm,conversation")]
         parts: Vec<String>,
     },
+    /// Opus cost per 20 ms frame (the WebRTC transport's media).
+    BenchWebrtc {
+        #[arg(long, default_value = ".cache/assets", env = "DUPLEX_ASSETS")]
+        assets: PathBuf,
+    },
     BenchRouting {
         #[arg(long, default_value = "redis://127.0.0.1:6379", env = "REDIS_URL")]
         redis: String,
@@ -165,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
             duplex_cli::bench_duplex::run(duplex_cli::bench_duplex::DuplexBenchArgs { assets, turns, parts }).await
         }
         Cmd::BenchRouting { redis } => duplex_cli::bench_routing::run(&redis).await,
+        Cmd::BenchWebrtc { assets } => duplex_cli::bench_webrtc::run(&assets),
         Cmd::Assets { dir, voice } => {
             duplex_cli::assets::fetch_all(&dir)?;
             if let Some(name) = voice {
