@@ -128,7 +128,24 @@ struct Session {
 /// Runs a session to its end. `audio_format` and `id` come from the connect
 /// URL (a client reconnecting names its earlier session to return to its worker).
 pub async fn run(socket: WebSocket, state: Arc<AppState>, audio_format: AudioFormat, id: crate::server::LiveId) {
-    let (mut ws_tx, mut ws_rx) = socket.split();
+    let (ws_tx, ws_rx) = socket.split();
+    run_over(ws_rx, ws_tx, state, audio_format, id).await
+}
+
+/// Runs a session over any message transport shaped like a WebSocket: the
+/// WebRTC transport feeds decoded microphone audio in as binary frames and
+/// client messages from its data channel, and takes the same frames and
+/// events out. One session pipeline serves every transport.
+pub async fn run_over<I, O>(
+    mut ws_rx: I,
+    mut ws_tx: O,
+    state: Arc<AppState>,
+    audio_format: AudioFormat,
+    id: crate::server::LiveId,
+) where
+    I: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
+    O: futures_util::Sink<Message> + Unpin + Send + 'static,
+{
     let Ok(_permit) = state.session_slots.clone().try_acquire_owned() else {
         state.metrics.sessions_rejected.inc();
         state.metrics.errors.with_label_values(&[ErrorCode::Busy.as_str()]).inc();
@@ -190,10 +207,10 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, audio_format: AudioFor
     state.metrics.sessions_active.dec();
 }
 
-async fn write_socket(
-    mut ws_tx: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut out_rx: mpsc::Receiver<Message>,
-) {
+async fn write_socket<O>(mut ws_tx: O, mut out_rx: mpsc::Receiver<Message>)
+where
+    O: futures_util::Sink<Message> + Unpin,
+{
     while let Some(msg) = out_rx.recv().await {
         let closing = matches!(msg, Message::Close(_));
         if ws_tx.send(msg).await.is_err() || closing {
@@ -226,7 +243,10 @@ fn end_reason(frame: &AudioFrame) -> EndReason {
 }
 
 impl Session {
-    async fn run(&mut self, ws_rx: &mut futures_util::stream::SplitStream<WebSocket>) -> &'static str {
+    async fn run<I>(&mut self, ws_rx: &mut I) -> &'static str
+    where
+        I: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+    {
         let start = ServerMessage::SessionStart {
             session_id: self.id.clone(),
             sample_rate: SAMPLE_RATE_HZ,
