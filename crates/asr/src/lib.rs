@@ -8,6 +8,7 @@
 //! - [`whisper`]: the model on threads of its own, as a `Transcriber`.
 
 pub mod ct2;
+pub mod decoder;
 pub mod mel;
 pub mod tokens;
 pub mod whisper;

@@ -17,6 +17,7 @@ use duplex_speech::{AsrError, Transcriber};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::decoder::Decoder;
 use crate::tokens::Tokens;
 use crate::{AsrLoadError, ct2, mel};
 
@@ -144,6 +145,8 @@ pub struct Spent {
 pub struct Recognizer {
     /// The last transcription's timing.
     pub spent: Spent,
+    /// The text decoder with a self-attention cache (the model's own is not used).
+    decoder: Decoder,
     model: model::Whisper,
     config: w::Config,
     filters: Vec<f32>,
@@ -228,6 +231,8 @@ impl Recognizer {
         let tokens = Tokens::load(&tokens_path)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
         let model = model::Whisper::load(&vb, wc.clone())?;
+        // Shares the weights (the tensors are reference-counted).
+        let decoder = Decoder::load(&vb, &wc)?;
         let special = |t: &str| tokens.special(t).ok_or_else(|| AsrLoadError::Model(format!("tokenizer lacks {t}")));
         let sot = special(w::SOT_TOKEN)?;
         let eot = special(w::EOT_TOKEN)?;
@@ -255,6 +260,7 @@ impl Recognizer {
         let suppress_first = if suppress_begin.is_empty() { vec![220, eot] } else { suppress_begin };
         Ok(Self {
             spent: Spent::default(),
+            decoder,
             filters: mel::filters(w::SAMPLE_RATE as u32, w::N_FFT, wc.num_mel_bins),
             model,
             config: wc,
@@ -302,19 +308,22 @@ impl Recognizer {
         let plausible = (seconds * MAX_TOKENS_PER_SECOND).ceil() as usize + 4;
         let limit =
             self.max_tokens.min(plausible).min(self.config.max_target_positions.saturating_sub(tokens.len() + 1));
+        self.decoder.reset();
+        let mut fed = 0;
         for step in 0..limit {
-            let input = Tensor::new(tokens.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
-            let ys = self.model.decoder.forward(&input, &features, step == 0)?;
+            // Only the tokens the decoder has not seen: the prompt, then one at a time.
+            let ys = self.decoder.forward(&tokens[fed..], &features)?;
+            fed = tokens.len();
             if step == 0
                 && let Some(ns) = self.no_speech
             {
                 // Whisper's "no speech" reading comes from the start-of-transcript position.
-                let first = self.model.decoder.final_linear(&ys.i((..1, 0..1))?)?.i(0)?.i(0)?;
+                let first = self.decoder.logits(&ys.i((..1, 0..1))?)?.i(0)?.i(0)?;
                 let probs = candle_nn::ops::softmax(&first, D::Minus1)?;
                 no_speech_prob = probs.i(ns as usize)?.to_scalar::<f32>()?;
             }
             let seq = ys.dim(1)?;
-            let logits = self.model.decoder.final_linear(&ys.i((..1, seq - 1..))?)?.i(0)?.i(0)?;
+            let logits = self.decoder.logits(&ys.i((..1, seq - 1..))?)?.i(0)?.i(0)?;
             let mut logits: Vec<f32> = logits.broadcast_add(&self.suppress)?.to_vec1()?;
             if step == 0 {
                 for id in &self.suppress_first {
@@ -400,5 +409,42 @@ mod tests {
         assert_eq!(clean("[BLANK_AUDIO]"), "");
         assert_eq!(clean(" *sigh* okay then"), "okay then");
         assert_eq!(clean(" ..."), "");
+    }
+
+    /// The cached decoder computes what candle-transformers' decoder does,
+    /// token by token instead of all tokens at every step (needs `just assets`).
+    #[test]
+    fn the_cached_decoder_matches_the_full_recomputation() {
+        use super::{Recognizer, WhisperConfig};
+        use candle_core::{Device, IndexOp, Tensor};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/assets/asr/whisper-tiny.en");
+        assert!(dir.join("model.bin").exists(), "run `just assets` first");
+        let mut r = Recognizer::load(&WhisperConfig { model_dir: dir, ..WhisperConfig::default() }).unwrap();
+        // Features of a second of a tone (any audio will do).
+        let audio: Vec<f32> = (0..16_000).map(|i| (i as f32 * 0.05).sin() * 0.3).collect();
+        let n_mels = r.config.num_mel_bins;
+        let mel = candle_transformers::models::whisper::audio::pcm_to_mel(&r.config, &audio, &r.filters);
+        let frames = mel.len() / n_mels;
+        let mel = Tensor::from_vec(mel, (1, n_mels, frames), &Device::Cpu).unwrap().narrow(2, 0, 300).unwrap();
+        let features = r.model.encoder.forward(&mel, true).unwrap();
+        let mut tokens = r.prompt.clone();
+        tokens.extend([2061, 318, 262, 6193]);
+        let full = {
+            let input = Tensor::new(tokens.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+            r.model.decoder.forward(&input, &features, true).unwrap()
+        };
+        r.decoder.reset();
+        let prompt = r.prompt.len();
+        let mut cached = vec![r.decoder.forward(&tokens[..prompt], &features).unwrap()];
+        for t in &tokens[prompt..] {
+            cached.push(r.decoder.forward(&[*t], &features).unwrap());
+        }
+        let cached = Tensor::cat(&cached, 1).unwrap();
+        let diff = (full - &cached).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let diff: f32 = diff.to_scalar().unwrap();
+        assert!(diff < 1e-3, "largest difference {diff}");
+        // And the scores of the last position agree.
+        let last = cached.i((.., tokens.len() - 1..)).unwrap();
+        assert_eq!(r.decoder.logits(&last).unwrap().dims(), &[1, 1, r.config.vocab_size]);
     }
 }
