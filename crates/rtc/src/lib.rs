@@ -3,7 +3,10 @@
 //!
 //! - [`opus`]: Opus encoding and decoding of 20 ms, 48 kHz mono frames (the
 //!   orchestrator's audio frame), with in-band FEC and loss concealment.
+//! - [`peer`]: one answered WebRTC call — the caller's Opus track in as PCM,
+//!   our PCM frames out as Opus, text both ways on its data channel.
 
 pub mod opus;
+pub mod peer;
 
 pub use opus::{FRAME_SAMPLES, OpusDecoder, OpusEncoder, OpusError};

@@ -1,0 +1,246 @@
+//! One WebRTC call, answered: the remote side's Opus audio track comes in
+//! decoded to 48 kHz PCM, its data channel's text messages come in as text;
+//! 20 ms PCM frames going out are Opus-encoded onto our audio track, text
+//! goes out on the data channel. Signalling is one offer and one answer
+//! (ICE gathered before answering, no trickle).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rtc::media::Sample;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
+use tokio::sync::{Mutex, mpsc};
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceGatheringState, RTCIceServer, RTCPeerConnectionState, RTCSessionDescription, Registry,
+    register_default_interceptors,
+};
+
+use crate::opus::{OpusDecoder, OpusEncoder};
+
+/// Decoded audio and messages waiting for the session (a second of 20 ms
+/// frames); full = the session is stuck, and audio is dropped rather than queued.
+const INBOUND_QUEUE: usize = 50;
+/// Frames and messages toward the network; the session paces audio in real
+/// time, so a few suffice.
+const OUTBOUND_QUEUE: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RtcError {
+    #[error("webrtc: {0}")]
+    WebRtc(String),
+    #[error(transparent)]
+    Opus(#[from] crate::opus::OpusError),
+}
+
+fn rtc_err(e: impl std::fmt::Display) -> RtcError {
+    RtcError::WebRtc(e.to_string())
+}
+
+#[derive(Debug, Clone)]
+pub struct CallConfig {
+    /// Where the peer's UDP socket binds (`127.0.0.1:0` on one machine, `0.0.0.0:0` on a LAN).
+    pub udp_bind: String,
+    /// `stun:`/`turn:` URLs; empty = host candidates only.
+    pub ice_servers: Vec<String>,
+    pub opus_bitrate_bps: i32,
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        Self { udp_bind: "127.0.0.1:0".into(), ice_servers: Vec::new(), opus_bitrate_bps: 32_000 }
+    }
+}
+
+/// What the remote side sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// Decoded microphone audio, 48 kHz mono.
+    Audio(Vec<i16>),
+    Text(String),
+}
+
+/// What to send to the remote side.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outbound {
+    /// One 20 ms frame, 48 kHz mono.
+    Audio(Vec<i16>),
+    Text(String),
+}
+
+/// An answered call. Dropping it hangs up.
+pub struct Call {
+    /// The SDP answer to give the caller.
+    pub answer: String,
+    pub inbound: mpsc::Receiver<Inbound>,
+    pub outbound: mpsc::Sender<Outbound>,
+    peer: Arc<dyn PeerConnection>,
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call").finish_non_exhaustive()
+    }
+}
+
+impl Call {
+    pub async fn close(&self) {
+        let _ = self.peer.close().await;
+    }
+}
+
+#[derive(Clone)]
+struct Handler {
+    inbound: mpsc::Sender<Inbound>,
+    gathered: mpsc::Sender<()>,
+    channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.gathered.try_send(());
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        tracing::debug!(?state, "webrtc connection");
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let inbound = self.inbound.clone();
+        tokio::spawn(async move {
+            let Ok(mut decoder) = OpusDecoder::new() else { return };
+            while let Some(event) = track.poll().await {
+                if let TrackRemoteEvent::OnRtpPacket(packet) = event {
+                    match decoder.decode(&packet.payload) {
+                        // Full: the session is behind; this frame is dropped.
+                        Ok(pcm) => {
+                            if inbound.try_send(Inbound::Audio(pcm)).is_err() && inbound.is_closed() {
+                                return;
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, "undecodable Opus packet"),
+                    }
+                }
+            }
+        });
+    }
+
+    async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
+        *self.channel.lock().await = Some(channel.clone());
+        let inbound = self.inbound.clone();
+        tokio::spawn(async move {
+            while let Some(event) = channel.poll().await {
+                if let DataChannelEvent::OnMessage(msg) = event
+                    && let Ok(text) = String::from_utf8(msg.data.to_vec())
+                    && inbound.send(Inbound::Text(text)).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Answers `offer` (SDP): returns once ICE candidates are gathered.
+pub async fn answer(offer: &str, config: &CallConfig) -> Result<Call, RtcError> {
+    let mut media = MediaEngine::default();
+    media.register_default_codecs().map_err(rtc_err)?;
+    let registry = register_default_interceptors(Registry::new(), &mut media).map_err(rtc_err)?;
+    let ice_servers = if config.ice_servers.is_empty() {
+        Vec::new()
+    } else {
+        vec![RTCIceServer { urls: config.ice_servers.clone(), ..Default::default() }]
+    };
+    let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
+    let (gathered_tx, mut gathered) = mpsc::channel(1);
+    let channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>> = Arc::default();
+    let handler = Arc::new(Handler { inbound: inbound_tx, gathered: gathered_tx, channel: channel.clone() });
+    let peer: Arc<dyn PeerConnection> = Arc::new(
+        PeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().with_ice_servers(ice_servers).build())
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .with_handler(handler)
+            .with_udp_addrs(vec![config.udp_bind.clone()])
+            .build()
+            .await
+            .map_err(rtc_err)?,
+    );
+    let ssrc: u32 = rand_ssrc();
+    let track = Arc::new(
+        TrackLocalStaticSample::new(
+            Instant::now(),
+            MediaStreamTrack::new(
+                "duplex".to_string(),
+                "duplex-voice".to_string(),
+                "duplex-voice".to_string(),
+                RtpCodecKind::Audio,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+                    codec: RTCRtpCodec {
+                        mime_type: MIME_TYPE_OPUS.to_owned(),
+                        clock_rate: 48_000,
+                        channels: 2,
+                        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+                        rtcp_feedback: vec![],
+                    },
+                    ..Default::default()
+                }],
+            ),
+        )
+        .map_err(rtc_err)?,
+    );
+    let sender = peer.add_track(track.clone() as Arc<dyn TrackLocal>).await.map_err(rtc_err)?;
+    peer.set_remote_description(RTCSessionDescription::offer(offer.to_string()).map_err(rtc_err)?)
+        .await
+        .map_err(rtc_err)?;
+    let answer = peer.create_answer(None).await.map_err(rtc_err)?;
+    peer.set_local_description(answer).await.map_err(rtc_err)?;
+    let _ = tokio::time::timeout(Duration::from_secs(5), gathered.recv()).await;
+    let answer = peer.local_description().await.ok_or_else(|| rtc_err("no local description"))?.sdp;
+
+    let (outbound, mut outbound_rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
+    let mut encoder = OpusEncoder::new(config.opus_bitrate_bps)?;
+    tokio::spawn(async move {
+        let payload_type = match sender.get_parameters().await {
+            Ok(p) => p.rtp_parameters.codecs.first().map(|c| c.payload_type).unwrap_or(111),
+            Err(_) => 111,
+        };
+        while let Some(item) = outbound_rx.recv().await {
+            match item {
+                Outbound::Audio(frame) => {
+                    let Ok(packet) = encoder.encode(&frame) else { continue };
+                    let sample = Sample {
+                        data: packet.into(),
+                        duration: Duration::from_millis(20),
+                        ..Sample::new(Instant::now())
+                    };
+                    if let Err(e) = track.sample_writer(ssrc, payload_type).write_sample(&sample).await {
+                        tracing::debug!(error = %e, "writing audio to the call");
+                    }
+                }
+                Outbound::Text(text) => {
+                    if let Some(dc) = channel.lock().await.clone() {
+                        let _ = dc.send_text(&text).await;
+                    }
+                }
+            }
+        }
+    });
+    Ok(Call { answer, inbound, outbound, peer })
+}
+
+/// A random SSRC for our track (the clock's nanoseconds mixed; no rand crate needed).
+fn rand_ssrc() -> u32 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(7);
+    (nanos as u32).wrapping_mul(2_654_435_761) | 1
+}
