@@ -71,6 +71,26 @@ pub enum ResponderConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct Transport {
     pub websocket: WebSocketConfig,
+    pub webrtc: WebRtcConfig,
+}
+
+/// The WebRTC transport (`POST /rtc/offer`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebRtcConfig {
+    pub enabled: bool,
+    /// Where each call's UDP socket binds (port 0 = any free port).
+    pub udp_bind: String,
+    /// `stun:` / `turn:` URLs given to ICE; empty = host candidates only.
+    pub ice_servers: Vec<String>,
+    /// Opus bitrate of the bot's voice.
+    pub opus_bitrate_bps: i32,
+}
+
+impl Default for WebRtcConfig {
+    fn default() -> Self {
+        Self { enabled: true, udp_bind: "0.0.0.0:0".into(), ice_servers: Vec::new(), opus_bitrate_bps: 32_000 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,7 +178,10 @@ impl Default for Config {
 
 impl Default for Transport {
     fn default() -> Self {
-        Self { websocket: WebSocketConfig { host: "0.0.0.0".into(), port: 8080, max_message_bytes: 64 * 1024 } }
+        Self {
+            websocket: WebSocketConfig { host: "0.0.0.0".into(), port: 8080, max_message_bytes: 64 * 1024 },
+            webrtc: WebRtcConfig::default(),
+        }
     }
 }
 

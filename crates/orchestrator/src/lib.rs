@@ -11,6 +11,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`server`]: routes, probes, graceful shutdown.
 //! - [`web`]: the browser page and the voices it offers.
+//! - [`webrtc`]: the WebRTC transport (offer/answer, a session over the call).
 
 pub mod config;
 pub mod conversation;
@@ -22,6 +23,7 @@ pub mod server;
 pub mod session;
 pub mod turn;
 pub mod web;
+pub mod webrtc;
 pub mod worker;
 
 pub use config::Config;

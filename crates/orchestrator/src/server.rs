@@ -60,7 +60,7 @@ pub struct LiveId {
 
 impl LiveId {
     /// `None` when a session with this id is open now.
-    fn claim(live: &Arc<Mutex<HashSet<String>>>, id: String) -> Option<Self> {
+    pub(crate) fn claim(live: &Arc<Mutex<HashSet<String>>>, id: String) -> Option<Self> {
         live.lock().expect("live ids lock").insert(id.clone()).then(|| Self { id, live: live.clone() })
     }
 
@@ -214,6 +214,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/", get(websocket))
         .route("/ws", get(websocket))
+        .route("/rtc/offer", axum::routing::post(crate::webrtc::offer))
         .merge(probes())
         .merge(crate::web::routes())
         .with_state(state.clone());

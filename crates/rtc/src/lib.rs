@@ -5,7 +5,9 @@
 //!   orchestrator's audio frame), with in-band FEC and loss concealment.
 //! - [`peer`]: one answered WebRTC call — the caller's Opus track in as PCM,
 //!   our PCM frames out as Opus, text both ways on its data channel.
+//! - [`caller`]: the calling side (tests, command-line clients).
 
+pub mod caller;
 pub mod opus;
 pub mod peer;
 

@@ -30,6 +30,8 @@ const INBOUND_QUEUE: usize = 50;
 /// Frames and messages toward the network; the session paces audio in real
 /// time, so a few suffice.
 const OUTBOUND_QUEUE: usize = 16;
+/// How long messages wait for the caller's data channel to exist.
+const CHANNEL_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RtcError {
@@ -39,7 +41,7 @@ pub enum RtcError {
     Opus(#[from] crate::opus::OpusError),
 }
 
-fn rtc_err(e: impl std::fmt::Display) -> RtcError {
+pub(crate) fn rtc_err(e: impl std::fmt::Display) -> RtcError {
     RtcError::WebRtc(e.to_string())
 }
 
@@ -93,6 +95,20 @@ impl Call {
     pub async fn close(&self) {
         let _ = self.peer.close().await;
     }
+
+    /// The answer, the two directions, and what hangs up.
+    pub fn into_parts(self) -> (String, mpsc::Receiver<Inbound>, mpsc::Sender<Outbound>, HangUp) {
+        (self.answer, self.inbound, self.outbound, HangUp(self.peer))
+    }
+}
+
+/// Ends a call whose parts were taken apart.
+pub struct HangUp(Arc<dyn PeerConnection>);
+
+impl HangUp {
+    pub async fn close(&self) {
+        let _ = self.0.close().await;
+    }
 }
 
 #[derive(Clone)]
@@ -100,6 +116,7 @@ struct Handler {
     inbound: mpsc::Sender<Inbound>,
     gathered: mpsc::Sender<()>,
     channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>>,
+    channel_ready: Arc<tokio::sync::Notify>,
 }
 
 #[async_trait::async_trait]
@@ -136,6 +153,7 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
         *self.channel.lock().await = Some(channel.clone());
+        self.channel_ready.notify_waiters();
         let inbound = self.inbound.clone();
         tokio::spawn(async move {
             while let Some(event) = channel.poll().await {
@@ -163,7 +181,13 @@ pub async fn answer(offer: &str, config: &CallConfig) -> Result<Call, RtcError> 
     let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
     let (gathered_tx, mut gathered) = mpsc::channel(1);
     let channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>> = Arc::default();
-    let handler = Arc::new(Handler { inbound: inbound_tx, gathered: gathered_tx, channel: channel.clone() });
+    let channel_ready = Arc::new(tokio::sync::Notify::new());
+    let handler = Arc::new(Handler {
+        inbound: inbound_tx,
+        gathered: gathered_tx,
+        channel: channel.clone(),
+        channel_ready: channel_ready.clone(),
+    });
     let peer: Arc<dyn PeerConnection> = Arc::new(
         PeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().with_ice_servers(ice_servers).build())
@@ -229,8 +253,18 @@ pub async fn answer(offer: &str, config: &CallConfig) -> Result<Call, RtcError> 
                     }
                 }
                 Outbound::Text(text) => {
-                    if let Some(dc) = channel.lock().await.clone() {
-                        let _ = dc.send_text(&text).await;
+                    // Messages sent before the caller's channel is up wait for it (10 s at most).
+                    let deadline = tokio::time::Instant::now() + CHANNEL_WAIT;
+                    loop {
+                        let ready = channel_ready.notified();
+                        if let Some(dc) = channel.lock().await.clone() {
+                            let _ = dc.send_text(&text).await;
+                            break;
+                        }
+                        if tokio::time::timeout_at(deadline, ready).await.is_err() {
+                            tracing::debug!("no data channel: a message to the caller was dropped");
+                            break;
+                        }
                     }
                 }
             }
