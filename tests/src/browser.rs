@@ -71,6 +71,8 @@ impl Browser {
             "--use-fake-ui-for-media-stream",
             "--use-fake-device-for-media-stream",
             "--autoplay-policy=no-user-gesture-required",
+            // Real host candidates (not mDNS names) in WebRTC offers on loopback.
+            "--disable-features=WebRtcHideLocalIpsWithMdns",
         ]
         .iter()
         .map(|a| a.to_string())

@@ -162,3 +162,42 @@ async fn screenshot_of_a_running_demo() {
     std::fs::write(&out, b.screenshot().await).unwrap();
     eprintln!("wrote {out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_over_webrtc_in_headless_chromium() {
+    // The call takes a moment to connect: the question comes 2 s into the microphone.
+    let mut pcm = silence(2_000, MIC_RATE);
+    pcm.extend(spoken("What is the weather like in Paris today?", MIC_RATE));
+    pcm.extend(silence(15_000, MIC_RATE));
+    let mic = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-webrtc.wav");
+    write_wav(&mic, &pcm, MIC_RATE);
+    let stack = Stack::start(realtime_worker_config(), |c| {
+        with_hearing(c);
+        c.transport.webrtc.udp_bind = "127.0.0.1:0".into();
+    })
+    .await;
+    let b = Browser::start(&mic).await;
+    b.goto(&format!("http://{}/", stack.orchestrator.addr)).await;
+    b.wait_for("return window.duplex && window.duplex.stats.connected", Duration::from_secs(15)).await;
+    b.eval("document.getElementById('transport').value = 'webrtc'; return true").await;
+    b.click("#talk").await;
+    b.wait_for("return duplex.stats.rtc === 'connected'", Duration::from_secs(15)).await;
+    let user = b
+        .wait_for(
+            "const u = document.querySelector('#transcript li.user .text'); return u && u.textContent",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(user.as_str().unwrap().to_lowercase().contains("weather"), "transcript over WebRTC: {user}");
+    let bot = b
+        .wait_for(
+            "const r = document.querySelector('#transcript li.bot .text'); return r && r.textContent.includes('weather') && r.textContent",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(bot.as_str().unwrap().starts_with("You said"), "{bot}");
+    // The reply is heard from the call's audio track.
+    b.wait_for("return duplex.stats.audibleMs > 500", Duration::from_secs(20)).await;
+    let errors = b.eval("return duplex.errors").await;
+    assert_eq!(errors, serde_json::json!([]), "errors in the page");
+}

@@ -37,6 +37,7 @@ let sessionId = null;
 let retries = 0;
 let audio = null; // { ctx, playback, outAnalyser, resampler }
 let mic = null; // { stream, source, capture, analyser }
+let call = null; // WebRTC mode: { pc, dc }
 let micSequence = 0;
 let typedAt = null; // when typed text was sent, until its first audio
 let pendingClear = null; // performance.now() of the last clear, until silence
@@ -218,12 +219,19 @@ async function startMic() {
     return false;
   }
   const source = ctx.createMediaStreamSource(stream);
-  const capture = new AudioWorkletNode(ctx, "duplex-capture", { numberOfOutputs: 1, outputChannelCount: [1] });
   const analyser = ctx.createAnalyser();
   analyser.fftSize = 256;
+  source.connect(analyser);
+  if ($("transport").value === "webrtc") {
+    // The microphone goes out as the call's own audio track (Opus).
+    mic = { stream, source, capture: null, analyser };
+    if (await startCall(stream)) return true;
+    stopMic();
+    return false;
+  }
+  const capture = new AudioWorkletNode(ctx, "duplex-capture", { numberOfOutputs: 1, outputChannelCount: [1] });
   const mute = ctx.createGain();
   mute.gain.value = 0;
-  source.connect(analyser);
   source.connect(capture);
   capture.connect(mute).connect(ctx.destination); // keeps the worklet running, silently
   capture.port.onmessage = (event) => sendMic(event.data, ctx.sampleRate);
@@ -231,11 +239,68 @@ async function startMic() {
   return true;
 }
 
+// WebRTC mode: a call to POST /rtc/offer; events come and go on its data channel.
+async function startCall(stream) {
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  for (const track of stream.getAudioTracks()) pc.addTrack(track, stream);
+  const dc = pc.createDataChannel("events");
+  dc.onmessage = (event) => onMessage(JSON.parse(event.data));
+  pc.ontrack = (event) => {
+    const remote = event.streams[0] || new MediaStream([event.track]);
+    // Chromium feeds remote WebRTC audio to Web Audio only while a media element plays it.
+    const element = new Audio();
+    element.muted = true;
+    element.srcObject = remote;
+    element.play().catch(() => {});
+    const source = audio.ctx.createMediaStreamSource(remote);
+    source.connect(audio.outAnalyser);
+    if (call) Object.assign(call, { element, source });
+  };
+  pc.onconnectionstatechange = () => {
+    duplex.stats.rtc = pc.connectionState;
+    if (pc.connectionState === "failed") showError("The WebRTC call failed (the network may block UDP). Choose WebSocket and try again.");
+  };
+  call = { pc, dc };
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((resolve) => {
+    if (pc.iceGatheringState === "complete") return resolve();
+    pc.addEventListener("icegatheringstatechange", () => pc.iceGatheringState === "complete" && resolve());
+    setTimeout(resolve, 3000);
+  });
+  let response;
+  try {
+    response = await fetch("/rtc/offer", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ sdp: pc.localDescription.sdp }),
+    });
+  } catch (e) {
+    response = null;
+  }
+  if (!response || !response.ok) {
+    const why = response ? await response.text() : "the server did not answer";
+    showError(`The server could not start a WebRTC call: ${why}`);
+    pc.close();
+    call = null;
+    return false;
+  }
+  const answer = await response.json();
+  await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+  return true;
+}
+
 function stopMic() {
   if (!mic) return;
-  mic.capture.port.onmessage = null;
+  if (call) {
+    call.pc.close();
+    if (call.source) call.source.disconnect();
+    call = null;
+  }
+  if (mic.capture) {
+    mic.capture.port.onmessage = null;
+    mic.capture.disconnect();
+  }
   mic.source.disconnect();
-  mic.capture.disconnect();
   for (const track of mic.stream.getTracks()) track.stop();
   mic = null;
   $("mic-level").value = 0;
@@ -261,6 +326,10 @@ function sendMic(samples, rate) {
 // ---------- the connection ----------
 
 function send(message) {
+  if (call && call.dc.readyState === "open") {
+    call.dc.send(JSON.stringify(message));
+    return true;
+  }
   if (ws && ws.readyState === WebSocket.OPEN) {
     ws.send(JSON.stringify(message));
     return true;
