@@ -80,4 +80,17 @@ async fn a_spoken_and_a_typed_turn_over_webrtc() {
     assert!(voice.len() > 48_000, "{} samples of the bot's voice", voice.len());
     assert!(rms(&voice) > 500.0, "the bot's voice came over the track");
     caller.hang_up().await;
+    // Hanging up ends the session on the server (not only its idle timeout).
+    let metrics = format!("http://{}/metrics", stack.orchestrator.addr);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = http_get(&metrics).await;
+        let active =
+            text.lines().find_map(|l| l.strip_prefix("duplex_sessions_active ")).unwrap_or("1").trim().to_string();
+        if active == "0" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the session outlived the call ({active} active)");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -48,7 +48,7 @@ pub async fn offer(State(state): State<Arc<AppState>>, Json(offer): Json<Offer>)
     let Some(id) = LiveId::claim(&state.live, uuid::Uuid::new_v4().to_string()) else {
         return (StatusCode::CONFLICT, "session id in use").into_response();
     };
-    let (answer, inbound, outbound, hangup) = call.into_parts();
+    let (answer, inbound, outbound, ended, hangup) = call.into_parts();
     let session_id = id.to_string();
     // Microphone PCM (20 ms at 48 kHz) as the binary frames a WebSocket client sends.
     let mut sequence = 0u64;
@@ -61,6 +61,8 @@ pub async fn offer(State(state): State<Arc<AppState>>, Json(offer): Json<Offer>)
             Inbound::Text(text) => Message::Text(text.into()),
         })
     });
+    // A failed or closed connection ends the session as a closed socket does.
+    let inbound = Box::pin(inbound.take_until(ended.cancelled_owned()));
     let outbound = Box::pin(futures_util::sink::unfold(outbound, |tx, msg: Message| async move {
         let item = match msg {
             Message::Binary(frame) => {

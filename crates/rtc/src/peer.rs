@@ -12,6 +12,7 @@ use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
 use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
@@ -82,6 +83,8 @@ pub struct Call {
     pub answer: String,
     pub inbound: mpsc::Receiver<Inbound>,
     pub outbound: mpsc::Sender<Outbound>,
+    /// Cancelled when the connection fails or is closed (by either side).
+    pub ended: CancellationToken,
     peer: Arc<dyn PeerConnection>,
 }
 
@@ -97,8 +100,8 @@ impl Call {
     }
 
     /// The answer, the two directions, and what hangs up.
-    pub fn into_parts(self) -> (String, mpsc::Receiver<Inbound>, mpsc::Sender<Outbound>, HangUp) {
-        (self.answer, self.inbound, self.outbound, HangUp(self.peer))
+    pub fn into_parts(self) -> (String, mpsc::Receiver<Inbound>, mpsc::Sender<Outbound>, CancellationToken, HangUp) {
+        (self.answer, self.inbound, self.outbound, self.ended, HangUp(self.peer))
     }
 }
 
@@ -117,6 +120,8 @@ struct Handler {
     gathered: mpsc::Sender<()>,
     channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>>,
     channel_ready: Arc<tokio::sync::Notify>,
+    /// Cancelled when the connection fails or closes.
+    ended: CancellationToken,
 }
 
 #[async_trait::async_trait]
@@ -129,6 +134,9 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         tracing::debug!(?state, "webrtc connection");
+        if matches!(state, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed) {
+            self.ended.cancel();
+        }
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
@@ -154,16 +162,23 @@ impl PeerConnectionEventHandler for Handler {
     async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
         *self.channel.lock().await = Some(channel.clone());
         self.channel_ready.notify_waiters();
-        let inbound = self.inbound.clone();
+        let (inbound, ended) = (self.inbound.clone(), self.ended.clone());
         tokio::spawn(async move {
             while let Some(event) = channel.poll().await {
-                if let DataChannelEvent::OnMessage(msg) = event
-                    && let Ok(text) = String::from_utf8(msg.data.to_vec())
-                    && inbound.send(Inbound::Text(text)).await.is_err()
-                {
-                    return;
+                match event {
+                    DataChannelEvent::OnMessage(msg) => {
+                        if let Ok(text) = String::from_utf8(msg.data.to_vec())
+                            && inbound.send(Inbound::Text(text)).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    // The caller closed its channel: it hung up.
+                    DataChannelEvent::OnClose => break,
+                    _ => {}
                 }
             }
+            ended.cancel();
         });
     }
 }
@@ -182,11 +197,13 @@ pub async fn answer(offer: &str, config: &CallConfig) -> Result<Call, RtcError> 
     let (gathered_tx, mut gathered) = mpsc::channel(1);
     let channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>> = Arc::default();
     let channel_ready = Arc::new(tokio::sync::Notify::new());
+    let ended = CancellationToken::new();
     let handler = Arc::new(Handler {
         inbound: inbound_tx,
         gathered: gathered_tx,
         channel: channel.clone(),
         channel_ready: channel_ready.clone(),
+        ended: ended.clone(),
     });
     let peer: Arc<dyn PeerConnection> = Arc::new(
         PeerConnectionBuilder::new()
@@ -270,7 +287,7 @@ pub async fn answer(offer: &str, config: &CallConfig) -> Result<Call, RtcError> 
             }
         }
     });
-    Ok(Call { answer, inbound, outbound, peer })
+    Ok(Call { answer, inbound, outbound, ended, peer })
 }
 
 /// A random SSRC for our track (the clock's nanoseconds mixed; no rand crate needed).
