@@ -7,22 +7,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtc::media::Sample;
-use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
-use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
-use tokio::sync::{Mutex, mpsc};
+use rtc::rtp_transceiver::PayloadType;
+use tokio::sync::{Mutex, OnceCell, mpsc};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceGatheringState, RTCSessionDescription, Registry, register_default_interceptors,
+    PeerConnection, PeerConnectionEventHandler, RTCIceGatheringState, RTCSessionDescription,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
 use crate::opus::{OpusDecoder, OpusEncoder};
-use crate::peer::{Inbound, RtcError, rtc_err};
+use crate::peer::{Inbound, RtcError, build_peer, negotiated_payload_type, opus_track, rtc_err};
 
 const SSRC: u32 = 4242;
 
@@ -64,58 +61,25 @@ pub struct Caller {
     sender: Arc<dyn RtpSender>,
     channel: Arc<dyn DataChannel>,
     encoder: Mutex<OpusEncoder>,
+    /// Looked up once the call is negotiated, then reused for every packet.
+    payload_type: OnceCell<PayloadType>,
     /// The other side's audio (decoded) and data channel text, in arrival order.
     pub heard: mpsc::Receiver<Inbound>,
-    heard_tx: mpsc::Sender<Inbound>,
     open: Mutex<mpsc::Receiver<()>>,
 }
 
 impl Caller {
     /// Creates the peer and its offer (ICE gathered on loopback).
     pub async fn offer() -> Result<(Self, String), RtcError> {
-        let mut media = MediaEngine::default();
-        media.register_default_codecs().map_err(rtc_err)?;
-        let registry = register_default_interceptors(Registry::new(), &mut media).map_err(rtc_err)?;
         let (gathered_tx, mut gathered) = mpsc::channel(1);
         let (heard_tx, heard) = mpsc::channel(1_024);
-        let peer: Arc<dyn PeerConnection> = Arc::new(
-            PeerConnectionBuilder::new()
-                .with_configuration(RTCConfigurationBuilder::new().build())
-                .with_media_engine(media)
-                .with_interceptor_registry(registry)
-                .with_handler(Arc::new(Handler { heard: heard_tx.clone(), gathered: gathered_tx }))
-                .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
-                .build()
-                .await
-                .map_err(rtc_err)?,
-        );
-        let track = Arc::new(
-            TrackLocalStaticSample::new(
-                Instant::now(),
-                MediaStreamTrack::new(
-                    "caller".into(),
-                    "mic".into(),
-                    "mic".into(),
-                    RtpCodecKind::Audio,
-                    vec![RTCRtpEncodingParameters {
-                        rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(SSRC), ..Default::default() },
-                        codec: RTCRtpCodec {
-                            mime_type: MIME_TYPE_OPUS.to_owned(),
-                            clock_rate: 48_000,
-                            channels: 2,
-                            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
-                            rtcp_feedback: vec![],
-                        },
-                        ..Default::default()
-                    }],
-                ),
-            )
-            .map_err(rtc_err)?,
-        );
+        let handler = Arc::new(Handler { heard: heard_tx.clone(), gathered: gathered_tx });
+        let peer = build_peer(handler, "127.0.0.1:0", &[]).await?;
+        let track = opus_track(SSRC, "mic")?;
         let sender = peer.add_track(track.clone() as Arc<dyn TrackLocal>).await.map_err(rtc_err)?;
         let channel = peer.create_data_channel("events", None).await.map_err(rtc_err)?;
         let (open_tx, open) = mpsc::channel(1);
-        let (dc, texts) = (channel.clone(), heard_tx.clone());
+        let (dc, texts) = (channel.clone(), heard_tx);
         tokio::spawn(async move {
             while let Some(e) = dc.poll().await {
                 match e {
@@ -141,8 +105,8 @@ impl Caller {
             sender,
             channel,
             encoder: Mutex::new(OpusEncoder::new(32_000)?),
+            payload_type: OnceCell::new(),
             heard,
-            heard_tx,
             open: Mutex::new(open),
         };
         Ok((caller, sdp))
@@ -162,16 +126,7 @@ impl Caller {
     /// Sends one 20 ms frame (48 kHz mono) on the audio track; pacing is the caller's.
     pub async fn send_audio(&self, frame: &[i16]) -> Result<(), RtcError> {
         let packet = self.encoder.lock().await.encode(frame)?;
-        let payload_type = self
-            .sender
-            .get_parameters()
-            .await
-            .map_err(rtc_err)?
-            .rtp_parameters
-            .codecs
-            .first()
-            .map(|c| c.payload_type)
-            .ok_or_else(|| rtc_err("no negotiated codec"))?;
+        let payload_type = *self.payload_type.get_or_try_init(|| negotiated_payload_type(&self.sender)).await?;
         let sample = Sample { data: packet.into(), duration: Duration::from_millis(20), ..Sample::new(Instant::now()) };
         self.track.sample_writer(SSRC, payload_type).write_sample(&sample).await.map_err(rtc_err)
     }
@@ -181,7 +136,6 @@ impl Caller {
     }
 
     pub async fn hang_up(&self) {
-        drop(self.heard_tx.clone());
         let _ = self.peer.close().await;
     }
 }

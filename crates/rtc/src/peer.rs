@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
+use rtc::rtp_transceiver::PayloadType;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,7 @@ use webrtc::peer_connection::{
     RTCIceGatheringState, RTCIceServer, RTCPeerConnectionState, RTCSessionDescription, Registry,
     register_default_interceptors,
 };
+use webrtc::rtp_transceiver::RtpSender;
 
 use crate::opus::{OpusDecoder, OpusEncoder};
 
@@ -185,14 +187,6 @@ impl PeerConnectionEventHandler for Handler {
 
 /// Answers `offer` (SDP): returns once ICE candidates are gathered.
 pub async fn answer(offer: &str, config: &CallConfig) -> Result<Call, RtcError> {
-    let mut media = MediaEngine::default();
-    media.register_default_codecs().map_err(rtc_err)?;
-    let registry = register_default_interceptors(Registry::new(), &mut media).map_err(rtc_err)?;
-    let ice_servers = if config.ice_servers.is_empty() {
-        Vec::new()
-    } else {
-        vec![RTCIceServer { urls: config.ice_servers.clone(), ..Default::default() }]
-    };
     let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
     let (gathered_tx, mut gathered) = mpsc::channel(1);
     let channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>> = Arc::default();
@@ -205,41 +199,9 @@ pub async fn answer(offer: &str, config: &CallConfig) -> Result<Call, RtcError> 
         channel_ready: channel_ready.clone(),
         ended: ended.clone(),
     });
-    let peer: Arc<dyn PeerConnection> = Arc::new(
-        PeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().with_ice_servers(ice_servers).build())
-            .with_media_engine(media)
-            .with_interceptor_registry(registry)
-            .with_handler(handler)
-            .with_udp_addrs(vec![config.udp_bind.clone()])
-            .build()
-            .await
-            .map_err(rtc_err)?,
-    );
+    let peer = build_peer(handler, &config.udp_bind, &config.ice_servers).await?;
     let ssrc: u32 = rand_ssrc();
-    let track = Arc::new(
-        TrackLocalStaticSample::new(
-            Instant::now(),
-            MediaStreamTrack::new(
-                "duplex".to_string(),
-                "duplex-voice".to_string(),
-                "duplex-voice".to_string(),
-                RtpCodecKind::Audio,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
-                    codec: RTCRtpCodec {
-                        mime_type: MIME_TYPE_OPUS.to_owned(),
-                        clock_rate: 48_000,
-                        channels: 2,
-                        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
-                        rtcp_feedback: vec![],
-                    },
-                    ..Default::default()
-                }],
-            ),
-        )
-        .map_err(rtc_err)?,
-    );
+    let track = opus_track(ssrc, "duplex-voice")?;
     let sender = peer.add_track(track.clone() as Arc<dyn TrackLocal>).await.map_err(rtc_err)?;
     peer.set_remote_description(RTCSessionDescription::offer(offer.to_string()).map_err(rtc_err)?)
         .await
@@ -252,10 +214,7 @@ pub async fn answer(offer: &str, config: &CallConfig) -> Result<Call, RtcError> 
     let (outbound, mut outbound_rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
     let mut encoder = OpusEncoder::new(config.opus_bitrate_bps)?;
     tokio::spawn(async move {
-        let payload_type = match sender.get_parameters().await {
-            Ok(p) => p.rtp_parameters.codecs.first().map(|c| c.payload_type).unwrap_or(111),
-            Err(_) => 111,
-        };
+        let payload_type = negotiated_payload_type(&sender).await.unwrap_or(111);
         while let Some(item) = outbound_rx.recv().await {
             match item {
                 Outbound::Audio(frame) => {
@@ -288,6 +247,60 @@ pub async fn answer(offer: &str, config: &CallConfig) -> Result<Call, RtcError> 
         }
     });
     Ok(Call { answer, inbound, outbound, ended, peer })
+}
+
+/// A peer with the default codecs and interceptors, its UDP socket on `udp_bind`.
+pub(crate) async fn build_peer(
+    handler: Arc<dyn PeerConnectionEventHandler>,
+    udp_bind: &str,
+    ice_servers: &[String],
+) -> Result<Arc<dyn PeerConnection>, RtcError> {
+    let mut media = MediaEngine::default();
+    media.register_default_codecs().map_err(rtc_err)?;
+    let registry = register_default_interceptors(Registry::new(), &mut media).map_err(rtc_err)?;
+    let ice_servers = if ice_servers.is_empty() {
+        Vec::new()
+    } else {
+        vec![RTCIceServer { urls: ice_servers.to_vec(), ..Default::default() }]
+    };
+    let peer = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().with_ice_servers(ice_servers).build())
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .with_handler(handler)
+        .with_udp_addrs(vec![udp_bind.to_string()])
+        .build()
+        .await
+        .map_err(rtc_err)?;
+    Ok(Arc::new(peer))
+}
+
+/// Our Opus audio track (48 kHz, in-band FEC), sending as `ssrc`.
+pub(crate) fn opus_track(ssrc: u32, name: &str) -> Result<Arc<TrackLocalStaticSample>, RtcError> {
+    let track = MediaStreamTrack::new(
+        "duplex".to_string(),
+        name.to_string(),
+        name.to_string(),
+        RtpCodecKind::Audio,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+            codec: RTCRtpCodec {
+                mime_type: MIME_TYPE_OPUS.to_owned(),
+                clock_rate: 48_000,
+                channels: 2,
+                sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+                rtcp_feedback: vec![],
+            },
+            ..Default::default()
+        }],
+    );
+    Ok(Arc::new(TrackLocalStaticSample::new(Instant::now(), track).map_err(rtc_err)?))
+}
+
+/// The payload type negotiated for `sender`'s codec (what its packets must carry).
+pub(crate) async fn negotiated_payload_type(sender: &Arc<dyn RtpSender>) -> Result<PayloadType, RtcError> {
+    let parameters = sender.get_parameters().await.map_err(rtc_err)?;
+    parameters.rtp_parameters.codecs.first().map(|c| c.payload_type).ok_or_else(|| rtc_err("no negotiated codec"))
 }
 
 /// A random SSRC for our track (the clock's nanoseconds mixed; no rand crate needed).
