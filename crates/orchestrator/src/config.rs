@@ -72,6 +72,8 @@ pub enum ResponderConfig {
 pub struct Transport {
     pub websocket: WebSocketConfig,
     pub webrtc: WebRtcConfig,
+    /// LiveKit rooms (`/livekit/*`); off until a URL, key and secret are set.
+    pub livekit: duplex_livekit::LiveKitConfig,
 }
 
 /// The WebRTC transport (`POST /rtc/offer`).
@@ -181,6 +183,7 @@ impl Default for Transport {
         Self {
             websocket: WebSocketConfig { host: "0.0.0.0".into(), port: 8080, max_message_bytes: 64 * 1024 },
             webrtc: WebRtcConfig::default(),
+            livekit: duplex_livekit::LiveKitConfig::default(),
         }
     }
 }
@@ -264,6 +267,10 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "traces.otlp_endpoint"),
     ("OTEL_EXPORTER_OTLP_PROTOCOL", "traces.protocol"),
     ("OTEL_SERVICE_NAME", "traces.service_name"),
+    ("LIVEKIT_URL", "transport.livekit.url"),
+    ("LIVEKIT_PUBLIC_URL", "transport.livekit.public_url"),
+    ("LIVEKIT_API_KEY", "transport.livekit.api_key"),
+    ("LIVEKIT_API_SECRET", "the API secret (transport.livekit.api_secret_env names the variable)"),
 ];
 
 impl Config {
@@ -307,6 +314,19 @@ impl Config {
         if let Some(v) = env("ORT_DYLIB_PATH") {
             self.conversation.onnxruntime_library = PathBuf::from(v);
         }
+        let livekit = &mut self.transport.livekit;
+        if let Some(v) = env("LIVEKIT_URL") {
+            livekit.url = v;
+        }
+        if let Some(v) = env("LIVEKIT_PUBLIC_URL") {
+            livekit.public_url = v;
+        }
+        if let Some(v) = env("LIVEKIT_API_KEY") {
+            livekit.api_key = v;
+        }
+        if let Some(v) = env(&livekit.api_secret_env) {
+            livekit.api_secret = v;
+        }
         duplex_config::apply_traces_env(&mut self.traces, &env)?;
         duplex_config::apply_log_env(&mut self.log, &env)
     }
@@ -326,6 +346,7 @@ impl Config {
             return Err(ConfigError::Invalid("routing.resync_ms and routing.affinity_ttl_ms must be > 0".into()));
         }
         self.conversation.vad.validate().map_err(ConfigError::Invalid)?;
+        self.transport.livekit.validate().map_err(ConfigError::Invalid)?;
         if let ResponderConfig::Openai(openai) = &self.conversation.responder {
             openai.validate().map_err(|e| ConfigError::Invalid(format!("conversation.{e}")))?;
         }
@@ -384,6 +405,29 @@ mod tests {
         assert_eq!(c.transport.websocket.port, 9000);
         assert_eq!(c.routing.static_worker_addr, "grpc://tts:7002");
         assert_eq!(c.session.idle_timeout_ms, 60_000);
+    }
+
+    #[test]
+    fn livekit_comes_from_the_environment_and_its_secret_stays_there() {
+        let env = |k: &str| match k {
+            "LIVEKIT_URL" => Some("ws://livekit:7880".into()),
+            "LIVEKIT_PUBLIC_URL" => Some("ws://localhost:7880".into()),
+            "LIVEKIT_API_KEY" => Some("devkey".into()),
+            "LIVEKIT_API_SECRET" => Some("a-secret-nobody-may-see-0123456789".into()),
+            _ => None,
+        };
+        let c = Config::load(None, env).unwrap();
+        let lk = &c.transport.livekit;
+        assert!(lk.enabled());
+        assert_eq!((lk.url.as_str(), lk.browser_url()), ("ws://livekit:7880", "ws://localhost:7880"));
+        assert!(
+            !serde_yaml::to_string(&c).unwrap().contains("a-secret-nobody-may-see"),
+            "the secret is not written out"
+        );
+        assert!(!format!("{c:?}").contains("a-secret-nobody-may-see"), "nor logged");
+        // A URL without its secret is an error that says what is missing.
+        let e = Config::load(None, |k| (k == "LIVEKIT_URL").then(|| "ws://livekit:7880".to_string())).unwrap_err();
+        assert!(e.to_string().contains("LIVEKIT_API_SECRET"), "{e}");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod config;
 pub mod conversation;
 mod link;
+pub mod livekit;
 pub mod metrics;
 pub mod playout;
 pub mod protocol;

@@ -49,6 +49,8 @@ pub struct AppState {
     pub live: Arc<Mutex<HashSet<String>>>,
     /// VAD, speech recognition and the responder.
     pub conversation: crate::conversation::Parts,
+    /// The LiveKit rooms our agent is in.
+    pub livekit: crate::livekit::Rooms,
 }
 
 /// A session id held while its session runs; dropping it frees the id.
@@ -201,6 +203,7 @@ pub async fn serve(
             .await
             .unwrap_or_else(|_| crate::conversation::Parts::none("loading the conversation models panicked"))
     };
+    let config_livekit = config.transport.livekit.clone();
     let state = Arc::new(AppState {
         pool: Arc::new(WorkerPool::new(&config.routing)?),
         session_slots: Arc::new(Semaphore::new(config.session.max_sessions)),
@@ -210,11 +213,13 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         live: Arc::default(),
         tasks: TaskTracker::new(),
+        livekit: crate::livekit::Rooms::new(&config_livekit),
     });
     let app = Router::new()
         .route("/", get(websocket))
         .route("/ws", get(websocket))
         .route("/rtc/offer", axum::routing::post(crate::webrtc::offer))
+        .merge(crate::livekit::routes())
         .merge(probes())
         .merge(crate::web::routes())
         .with_state(state.clone());

@@ -1,6 +1,8 @@
 //! The browser page: its files are compiled into the binary (no web server
 //! or build step needed) and `/api/voices` lists what the workers can speak
-//! with, for its voice selector.
+//! with, for its voice selector. The one file that is not ours, the LiveKit
+//! client library for the page's LiveKit mode, is served from the asset
+//! cache (`duplex assets` fetches it from npm).
 
 use std::sync::Arc;
 
@@ -19,6 +21,7 @@ const INDEX: &str = include_str!("../static/index.html");
 const APP: &str = include_str!("../static/app.js");
 const WORKLETS: &str = include_str!("../static/worklets.js");
 const STYLE: &str = include_str!("../static/style.css");
+const LIVEKIT: &str = include_str!("../static/livekit.js");
 
 /// The page itself (served at `/` to plain GETs; `/` also takes WebSockets).
 pub fn index() -> Response {
@@ -51,5 +54,19 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/static/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP) }))
         .route("/static/worklets.js", get(|| async { asset("text/javascript; charset=utf-8", WORKLETS) }))
         .route("/static/style.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
+        .route("/static/livekit.js", get(|| async { asset("text/javascript; charset=utf-8", LIVEKIT) }))
+        .route("/static/livekit-client.js", get(livekit_client))
         .route("/api/voices", get(voices))
+}
+
+async fn livekit_client(State(state): State<Arc<AppState>>) -> Response {
+    let path = &state.config.transport.livekit.client_library;
+    match tokio::fs::read(path).await {
+        Ok(body) => ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], body).into_response(),
+        Err(e) => (
+            StatusCode::NOT_FOUND,
+            format!("the LiveKit client library is not at {} ({e}); `duplex assets` fetches it", path.display()),
+        )
+            .into_response(),
+    }
 }

@@ -50,18 +50,43 @@ pub async fn offer(State(state): State<Arc<AppState>>, Json(offer): Json<Offer>)
     };
     let (answer, inbound, outbound, ended, hangup) = call.into_parts();
     let session_id = id.to_string();
-    // Microphone PCM (20 ms at 48 kHz) as the binary frames a WebSocket client sends.
+    let (inbound, outbound) = session_io(inbound, outbound, ended);
+    let tasks = state.tasks.clone();
+    tasks.spawn(async move {
+        crate::session::run_over(inbound, outbound, state, AudioFormat::Binary, id).await;
+        hangup.close().await;
+    });
+    Json(Answer { sdp: answer, session_id }).into_response()
+}
+
+/// What a session reads from a media connection: client messages.
+pub(crate) type MediaInbound = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Message, axum::Error>> + Send>>;
+/// What a session writes to a media connection: frames and events.
+pub(crate) type MediaOutbound = std::pin::Pin<Box<dyn futures_util::Sink<Message, Error = ()> + Send>>;
+
+/// The client side of a session over a media connection: decoded microphone
+/// PCM (20 ms at 48 kHz) becomes the binary frames a WebSocket client sends,
+/// text messages become client messages; the session's audio frames and
+/// events go back out. The stream ends when `ended` is cancelled (the
+/// connection failed or was closed), as a closed socket ends a session.
+pub(crate) fn session_io(
+    inbound: tokio::sync::mpsc::Receiver<Inbound>,
+    outbound: tokio::sync::mpsc::Sender<Outbound>,
+    ended: tokio_util::sync::CancellationToken,
+) -> (MediaInbound, MediaOutbound) {
     let mut sequence = 0u64;
-    let inbound = ReceiverStream::new(inbound).map(move |item| {
-        Ok(match item {
+    let inbound = ReceiverStream::new(inbound).filter_map(move |item| {
+        let msg = match item {
             Inbound::Audio(pcm) => {
                 sequence += 1;
-                Message::Binary(encode_mic_audio(48_000, sequence, &pcm).into())
+                Some(Ok::<_, axum::Error>(Message::Binary(encode_mic_audio(48_000, sequence, &pcm).into())))
             }
-            Inbound::Text(text) => Message::Text(text.into()),
-        })
+            Inbound::Text(text) => Some(Ok(Message::Text(text.into()))),
+            // Binary data messages mean nothing to a session.
+            Inbound::Bytes(_) => None,
+        };
+        std::future::ready(msg)
     });
-    // A failed or closed connection ends the session as a closed socket does.
     let inbound = Box::pin(inbound.take_until(ended.cancelled_owned()));
     let outbound = Box::pin(futures_util::sink::unfold(outbound, |tx, msg: Message| async move {
         let item = match msg {
@@ -76,10 +101,5 @@ pub async fn offer(State(state): State<Arc<AppState>>, Json(offer): Json<Offer>)
         }
         Ok::<_, ()>(tx)
     }));
-    let tasks = state.tasks.clone();
-    tasks.spawn(async move {
-        crate::session::run_over(inbound, outbound, state, AudioFormat::Binary, id).await;
-        hangup.close().await;
-    });
-    Json(Answer { sdp: answer, session_id }).into_response()
+    (inbound, outbound)
 }

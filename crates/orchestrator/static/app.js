@@ -1,4 +1,5 @@
-// The Duplex page: a conversation over one WebSocket. Microphone audio goes
+// The Duplex page: a conversation over one WebSocket (or a WebRTC call, or a
+// LiveKit room: see startCall and startRoom). Microphone audio goes
 // out as binary frames (AudioWorklet capture, the browser's echo cancellation
 // and noise suppression on); the bot's audio comes back as binary frames and
 // plays through an AudioWorklet jitter buffer that a `clear` empties at once.
@@ -200,6 +201,7 @@ function clearPlayback() {
   if (!audio) return;
   pendingClear = performance.now();
   audio.playback.port.postMessage({ type: "clear" });
+  gateRemote(false);
 }
 
 async function startMic() {
@@ -222,10 +224,11 @@ async function startMic() {
   const analyser = ctx.createAnalyser();
   analyser.fftSize = 256;
   source.connect(analyser);
-  if ($("transport").value === "webrtc") {
+  const transport = $("transport").value;
+  if (transport === "webrtc" || transport === "livekit") {
     // The microphone goes out as the call's own audio track (Opus).
     mic = { stream, source, capture: null, analyser };
-    if (await startCall(stream)) return true;
+    if (await (transport === "webrtc" ? startCall(stream) : startRoom(stream))) return true;
     stopMic();
     return false;
   }
@@ -239,23 +242,45 @@ async function startMic() {
   return true;
 }
 
+// The bot's voice as a remote track (WebRTC and LiveKit modes): played and metered.
+function hearRemote(remote) {
+  // Chromium feeds remote WebRTC audio to Web Audio only while a media element plays it.
+  const element = new Audio();
+  element.muted = true;
+  element.srcObject = remote;
+  element.play().catch(() => {});
+  const source = audio.ctx.createMediaStreamSource(remote);
+  // The browser's jitter buffer for a track cannot be emptied: on `clear`
+  // this gain mutes what it still holds, until the bot speaks again.
+  const gate = audio.ctx.createGain();
+  source.connect(gate).connect(audio.outAnalyser);
+  if (call) Object.assign(call, { element, source, gate });
+}
+
+function gateRemote(open) {
+  if (call && call.gate) call.gate.gain.setValueAtTime(open ? 1 : 0, audio.ctx.currentTime);
+}
+
+// LiveKit mode (static/livekit.js): the conversation in a LiveKit room.
+async function startRoom(stream) {
+  call = { pc: null, dc: null, livekit: true };
+  const ok = await window.duplexLiveKit.start(stream, {
+    onMessage,
+    onRemoteStream: hearRemote,
+    onError: showError,
+    onState: (state) => { duplex.stats.livekit = state; },
+  });
+  if (!ok) call = null;
+  return ok;
+}
+
 // WebRTC mode: a call to POST /rtc/offer; events come and go on its data channel.
 async function startCall(stream) {
   const pc = new RTCPeerConnection({ iceServers: [] });
   for (const track of stream.getAudioTracks()) pc.addTrack(track, stream);
   const dc = pc.createDataChannel("events");
   dc.onmessage = (event) => onMessage(JSON.parse(event.data));
-  pc.ontrack = (event) => {
-    const remote = event.streams[0] || new MediaStream([event.track]);
-    // Chromium feeds remote WebRTC audio to Web Audio only while a media element plays it.
-    const element = new Audio();
-    element.muted = true;
-    element.srcObject = remote;
-    element.play().catch(() => {});
-    const source = audio.ctx.createMediaStreamSource(remote);
-    source.connect(audio.outAnalyser);
-    if (call) Object.assign(call, { element, source });
-  };
+  pc.ontrack = (event) => hearRemote(event.streams[0] || new MediaStream([event.track]));
   pc.onconnectionstatechange = () => {
     duplex.stats.rtc = pc.connectionState;
     if (pc.connectionState === "failed") showError("The WebRTC call failed (the network may block UDP). Choose WebSocket and try again.");
@@ -292,7 +317,8 @@ async function startCall(stream) {
 function stopMic() {
   if (!mic) return;
   if (call) {
-    call.pc.close();
+    if (call.livekit) window.duplexLiveKit.stop();
+    else call.pc.close();
     if (call.source) call.source.disconnect();
     call = null;
   }
@@ -326,7 +352,8 @@ function sendMic(samples, rate) {
 // ---------- the connection ----------
 
 function send(message) {
-  if (call && call.dc.readyState === "open") {
+  if (call && call.livekit && window.duplexLiveKit.send(message)) return true;
+  if (call && call.dc && call.dc.readyState === "open") {
     call.dc.send(JSON.stringify(message));
     return true;
   }
@@ -382,6 +409,8 @@ function onMessage(m) {
       break;
     case "state":
       setState(m.state);
+      // New speech from the bot (a reply, or the cut one resumed) is heard again.
+      if (m.state === "speaking") gateRemote(true);
       break;
     case "transcript":
       duplex.stats.transcripts++;

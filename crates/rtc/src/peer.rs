@@ -5,27 +5,20 @@
 //! (ICE gathered before answering, no trickle).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rtc::media::Sample;
-use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
-use rtc::rtp_transceiver::PayloadType;
-use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
-use webrtc::media_stream::track_local::TrackLocal;
-use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceGatheringState, RTCIceServer, RTCPeerConnectionState, RTCSessionDescription, Registry,
     register_default_interceptors,
 };
-use webrtc::rtp_transceiver::RtpSender;
 
-use crate::opus::{OpusDecoder, OpusEncoder};
+use crate::opus::OpusDecoder;
+use crate::voice::Voice;
 
 /// Decoded audio and messages waiting for the session (a second of 20 ms
 /// frames); full = the session is stuck, and audio is dropped rather than queued.
@@ -44,7 +37,7 @@ pub enum RtcError {
     Opus(#[from] crate::opus::OpusError),
 }
 
-pub(crate) fn rtc_err(e: impl std::fmt::Display) -> RtcError {
+pub fn rtc_err(e: impl std::fmt::Display) -> RtcError {
     RtcError::WebRtc(e.to_string())
 }
 
@@ -69,6 +62,8 @@ pub enum Inbound {
     /// Decoded microphone audio, 48 kHz mono.
     Audio(Vec<i16>),
     Text(String),
+    /// A binary data channel message.
+    Bytes(Vec<u8>),
 }
 
 /// What to send to the remote side.
@@ -142,23 +137,7 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let inbound = self.inbound.clone();
-        tokio::spawn(async move {
-            let Ok(mut decoder) = OpusDecoder::new() else { return };
-            while let Some(event) = track.poll().await {
-                if let TrackRemoteEvent::OnRtpPacket(packet) = event {
-                    match decoder.decode(&packet.payload) {
-                        // Full: the session is behind; this frame is dropped.
-                        Ok(pcm) => {
-                            if inbound.try_send(Inbound::Audio(pcm)).is_err() && inbound.is_closed() {
-                                return;
-                            }
-                        }
-                        Err(e) => tracing::debug!(error = %e, "undecodable Opus packet"),
-                    }
-                }
-            }
-        });
+        tokio::spawn(hear(track, self.inbound.clone()));
     }
 
     async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
@@ -169,9 +148,12 @@ impl PeerConnectionEventHandler for Handler {
             while let Some(event) = channel.poll().await {
                 match event {
                     DataChannelEvent::OnMessage(msg) => {
-                        if let Ok(text) = String::from_utf8(msg.data.to_vec())
-                            && inbound.send(Inbound::Text(text)).await.is_err()
-                        {
+                        let item = if msg.is_string {
+                            Inbound::Text(String::from_utf8_lossy(&msg.data).into_owned())
+                        } else {
+                            Inbound::Bytes(msg.data.to_vec())
+                        };
+                        if inbound.send(item).await.is_err() {
                             return;
                         }
                     }
@@ -199,10 +181,8 @@ pub async fn answer(offer: &str, config: &CallConfig) -> Result<Call, RtcError> 
         channel_ready: channel_ready.clone(),
         ended: ended.clone(),
     });
-    let peer = build_peer(handler, &config.udp_bind, &config.ice_servers).await?;
-    let ssrc: u32 = rand_ssrc();
-    let track = opus_track(ssrc, "duplex-voice")?;
-    let sender = peer.add_track(track.clone() as Arc<dyn TrackLocal>).await.map_err(rtc_err)?;
+    let peer = build_peer(handler, &config.udp_bind, ice_servers(&config.ice_servers)).await?;
+    let mut voice = Voice::add_to(&peer, "duplex-voice", config.opus_bitrate_bps).await?;
     peer.set_remote_description(RTCSessionDescription::offer(offer.to_string()).map_err(rtc_err)?)
         .await
         .map_err(rtc_err)?;
@@ -212,19 +192,11 @@ pub async fn answer(offer: &str, config: &CallConfig) -> Result<Call, RtcError> 
     let answer = peer.local_description().await.ok_or_else(|| rtc_err("no local description"))?.sdp;
 
     let (outbound, mut outbound_rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
-    let mut encoder = OpusEncoder::new(config.opus_bitrate_bps)?;
     tokio::spawn(async move {
-        let payload_type = negotiated_payload_type(&sender).await.unwrap_or(111);
         while let Some(item) = outbound_rx.recv().await {
             match item {
                 Outbound::Audio(frame) => {
-                    let Ok(packet) = encoder.encode(&frame) else { continue };
-                    let sample = Sample {
-                        data: packet.into(),
-                        duration: Duration::from_millis(20),
-                        ..Sample::new(Instant::now())
-                    };
-                    if let Err(e) = track.sample_writer(ssrc, payload_type).write_sample(&sample).await {
+                    if let Err(e) = voice.send(&frame).await {
                         tracing::debug!(error = %e, "writing audio to the call");
                     }
                 }
@@ -249,20 +221,39 @@ pub async fn answer(offer: &str, config: &CallConfig) -> Result<Call, RtcError> 
     Ok(Call { answer, inbound, outbound, ended, peer })
 }
 
+/// Decodes a remote Opus track into `inbound` until the track or the
+/// receiver goes away. A full `inbound` means the session is behind: that
+/// frame is dropped rather than queued.
+pub async fn hear(track: Arc<dyn TrackRemote>, inbound: mpsc::Sender<Inbound>) {
+    let Ok(mut decoder) = OpusDecoder::new() else { return };
+    while let Some(event) = track.poll().await {
+        if let TrackRemoteEvent::OnRtpPacket(packet) = event {
+            match decoder.decode(&packet.payload) {
+                Ok(pcm) => {
+                    if inbound.try_send(Inbound::Audio(pcm)).is_err() && inbound.is_closed() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "undecodable Opus packet"),
+            }
+        }
+    }
+}
+
+/// `stun:`/`turn:` URLs without credentials as ICE servers.
+pub fn ice_servers(urls: &[String]) -> Vec<RTCIceServer> {
+    if urls.is_empty() { Vec::new() } else { vec![RTCIceServer { urls: urls.to_vec(), ..Default::default() }] }
+}
+
 /// A peer with the default codecs and interceptors, its UDP socket on `udp_bind`.
-pub(crate) async fn build_peer(
+pub async fn build_peer(
     handler: Arc<dyn PeerConnectionEventHandler>,
     udp_bind: &str,
-    ice_servers: &[String],
+    ice_servers: Vec<RTCIceServer>,
 ) -> Result<Arc<dyn PeerConnection>, RtcError> {
     let mut media = MediaEngine::default();
     media.register_default_codecs().map_err(rtc_err)?;
     let registry = register_default_interceptors(Registry::new(), &mut media).map_err(rtc_err)?;
-    let ice_servers = if ice_servers.is_empty() {
-        Vec::new()
-    } else {
-        vec![RTCIceServer { urls: ice_servers.to_vec(), ..Default::default() }]
-    };
     let peer = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().with_ice_servers(ice_servers).build())
         .with_media_engine(media)
@@ -273,38 +264,4 @@ pub(crate) async fn build_peer(
         .await
         .map_err(rtc_err)?;
     Ok(Arc::new(peer))
-}
-
-/// Our Opus audio track (48 kHz, in-band FEC), sending as `ssrc`.
-pub(crate) fn opus_track(ssrc: u32, name: &str) -> Result<Arc<TrackLocalStaticSample>, RtcError> {
-    let track = MediaStreamTrack::new(
-        "duplex".to_string(),
-        name.to_string(),
-        name.to_string(),
-        RtpCodecKind::Audio,
-        vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
-            codec: RTCRtpCodec {
-                mime_type: MIME_TYPE_OPUS.to_owned(),
-                clock_rate: 48_000,
-                channels: 2,
-                sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
-                rtcp_feedback: vec![],
-            },
-            ..Default::default()
-        }],
-    );
-    Ok(Arc::new(TrackLocalStaticSample::new(Instant::now(), track).map_err(rtc_err)?))
-}
-
-/// The payload type negotiated for `sender`'s codec (what its packets must carry).
-pub(crate) async fn negotiated_payload_type(sender: &Arc<dyn RtpSender>) -> Result<PayloadType, RtcError> {
-    let parameters = sender.get_parameters().await.map_err(rtc_err)?;
-    parameters.rtp_parameters.codecs.first().map(|c| c.payload_type).ok_or_else(|| rtc_err("no negotiated codec"))
-}
-
-/// A random SSRC for our track (the clock's nanoseconds mixed; no rand crate needed).
-fn rand_ssrc() -> u32 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(7);
-    (nanos as u32).wrapping_mul(2_654_435_761) | 1
 }

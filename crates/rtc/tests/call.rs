@@ -29,6 +29,7 @@ async fn gather(rx: &mut tokio::sync::mpsc::Receiver<Inbound>) -> (Vec<i16>, Opt
         match tokio::time::timeout_at(until, rx.recv()).await {
             Ok(Some(Inbound::Audio(pcm))) => audio.extend(pcm),
             Ok(Some(Inbound::Text(t))) => text = text.or(Some(t)),
+            Ok(Some(Inbound::Bytes(_))) => {}
             Ok(None) | Err(_) => break,
         }
     }

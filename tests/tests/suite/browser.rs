@@ -165,8 +165,9 @@ async fn screenshot_of_a_running_demo() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversation_over_webrtc_in_headless_chromium() {
-    // The call takes a moment to connect: the question comes 2 s into the microphone.
-    let mut pcm = silence(2_000, MIC_RATE);
+    // The call takes a moment to connect and the typed turn to start
+    // playing: the question comes 3 s into the microphone, over the bot.
+    let mut pcm = silence(3_000, MIC_RATE);
     pcm.extend(spoken("What is the weather like in Paris today?", MIC_RATE));
     pcm.extend(silence(15_000, MIC_RATE));
     let mic = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-webrtc.wav");
@@ -182,22 +183,73 @@ async fn a_conversation_over_webrtc_in_headless_chromium() {
     b.eval("document.getElementById('transport').value = 'webrtc'; return true").await;
     b.click("#talk").await;
     b.wait_for("return duplex.stats.rtc === 'connected'", Duration::from_secs(15)).await;
+
+    // A typed turn over the data channel: the bot's answer plays from the call's track...
+    b.type_into("#text", LONG_TEXT).await;
+    b.click("#send").await;
+    b.wait_for("return duplex.stats.audibleMs > 300", Duration::from_secs(20)).await;
+    // ...until the question is spoken over it: the track falls silent at once.
+    let clear_ms =
+        b.wait_for("const c = duplex.stats.clears; return c.length > 0 && c[0] + 0.001", Duration::from_secs(20)).await;
+    let clear_ms = clear_ms.as_f64().unwrap();
+    eprintln!("WebRTC: clear → silent track after {clear_ms:.1} ms");
+    assert!(clear_ms <= 100.0, "the bot's track went silent {clear_ms:.1} ms after the clear");
+
     let user = b
         .wait_for(
-            "const u = document.querySelector('#transcript li.user .text'); return u && u.textContent",
+            "const u = [...document.querySelectorAll('#transcript li.user .text')].map(e => e.textContent)
+               .find(t => t.toLowerCase().includes('weather')); return u || false",
             Duration::from_secs(30),
         )
         .await;
     assert!(user.as_str().unwrap().to_lowercase().contains("weather"), "transcript over WebRTC: {user}");
     let bot = b
         .wait_for(
-            "const r = document.querySelector('#transcript li.bot .text'); return r && r.textContent.includes('weather') && r.textContent",
+            "const r = [...document.querySelectorAll('#transcript li.bot .text')].map(e => e.textContent)
+               .find(t => t.includes('weather')); return r || false",
             Duration::from_secs(20),
         )
         .await;
     assert!(bot.as_str().unwrap().starts_with("You said"), "{bot}");
     // The reply is heard from the call's audio track.
-    b.wait_for("return duplex.stats.audibleMs > 500", Duration::from_secs(20)).await;
+    let before = b.eval("return duplex.stats.audibleMs").await.as_f64().unwrap();
+    b.wait_for(&format!("return duplex.stats.audibleMs > {before} + 500"), Duration::from_secs(20)).await;
     let errors = b.eval("return duplex.errors").await;
     assert_eq!(errors, serde_json::json!([]), "errors in the page");
+}
+
+/// The page's LiveKit mode as far as it goes without a LiveKit server (none
+/// can be installed here): the page gets a token from the orchestrator,
+/// loads the livekit-client library from the asset cache, tries the room,
+/// and says in words that the server cannot be reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livekit_mode_says_when_the_livekit_server_is_unreachable() {
+    let mic = fake_mic("browser-livekit.wav", "");
+    let closed = free_port();
+    let stack = Stack::start(worker_config(), |c| {
+        c.transport.livekit = duplex_livekit::LiveKitConfig {
+            url: format!("ws://127.0.0.1:{closed}"),
+            api_key: "devkey".into(),
+            api_secret: "a-dev-secret-of-at-least-32-characters".into(),
+            client_library: duplex_tests::speech::assets().join("web/livekit-client.umd.js"),
+            ..Default::default()
+        };
+    })
+    .await;
+    let b = Browser::start(&mic).await;
+    b.goto(&format!("http://{}/", stack.orchestrator.addr)).await;
+    b.wait_for("return window.duplex && window.duplex.stats.connected", Duration::from_secs(15)).await;
+    b.eval("document.getElementById('transport').value = 'livekit'; return true").await;
+    b.click("#talk").await;
+    let error = b
+        .wait_for(
+            "const e = document.getElementById('error'); return !e.hidden && e.textContent.includes('LiveKit') && e.textContent",
+            Duration::from_secs(30),
+        )
+        .await;
+    let error = error.as_str().unwrap();
+    assert!(error.contains(&format!("Could not reach the LiveKit server at ws://127.0.0.1:{closed}")), "{error}");
+    assert_eq!(b.eval("return typeof window.LivekitClient.Room").await, "function", "the library loaded");
+    assert_eq!(b.eval("return duplex.stats.livekit").await, "failed");
+    assert_eq!(b.eval("return document.getElementById('talk').getAttribute('aria-pressed')").await, "false");
 }

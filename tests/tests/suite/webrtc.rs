@@ -46,6 +46,7 @@ async fn a_spoken_and_a_typed_turn_over_webrtc() {
         let Ok(Some(item)) = tokio::time::timeout_at(until, caller.heard.recv()).await else { break };
         match item {
             Inbound::Audio(pcm) => voice.extend(pcm),
+            Inbound::Bytes(_) => {}
             Inbound::Text(text) => {
                 let msg: ServerMessage = serde_json::from_str(&text).unwrap();
                 let listening = matches!(&msg, ServerMessage::State { state, .. } if state == "listening");
