@@ -79,7 +79,7 @@ bench-duplex *ARGS: assets
     cargo build --release -p duplex-cli -p duplex-worker -p duplex-orchestrator
     cargo run --quiet --release -p duplex-cli --bin duplex -- bench-duplex {{ARGS}}
 
-# Opus encode and decode cost per 20 ms frame, on real speech (the WebRTC transport's media).
+# Opus encode and decode cost per 20 ms frame on real speech, then the CPU of 1/10/25 whole WebRTC calls.
 bench-webrtc: assets
     cargo build --release -p duplex-cli
     cargo run --quiet --release -p duplex-cli --bin duplex -- bench-webrtc

@@ -79,7 +79,7 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_value = "vad,asr,llm,conversation")]
         parts: Vec<String>,
     },
-    /// Opus cost per 20 ms frame (the WebRTC transport's media).
+    /// Opus cost per 20 ms frame and the CPU of whole WebRTC calls.
     BenchWebrtc {
         #[arg(long, default_value = ".cache/assets", env = "DUPLEX_ASSETS")]
         assets: PathBuf,
@@ -170,7 +170,7 @@ async fn main() -> anyhow::Result<()> {
             duplex_cli::bench_duplex::run(duplex_cli::bench_duplex::DuplexBenchArgs { assets, turns, parts }).await
         }
         Cmd::BenchRouting { redis } => duplex_cli::bench_routing::run(&redis).await,
-        Cmd::BenchWebrtc { assets } => duplex_cli::bench_webrtc::run(&assets),
+        Cmd::BenchWebrtc { assets } => duplex_cli::bench_webrtc::run(&assets).await,
         Cmd::Assets { dir, voice } => {
             duplex_cli::assets::fetch_all(&dir)?;
             if let Some(name) = voice {
