@@ -352,6 +352,30 @@ async fn tokens_are_minted_for_valid_names_in_allowed_rooms_only() {
     assert_eq!(get("room=support-3&identity=al%20ice").await.unwrap().status(), 400);
     assert_eq!(get("room=support-3").await.unwrap().status(), 400);
 
+    // LiveKit's signed webhook: a user joining a room sends the agent (which
+    // then fails to reach this made-up server: 502 says so); the agent's own
+    // join is not a reason to send it again.
+    let webhook = |body: &'static str, secret: &str| {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(body.as_bytes()));
+        let jwt =
+            livekit_api::access_token::AccessToken::with_api_key("devkey", secret).with_sha256(&hash).to_jwt().unwrap();
+        reqwest::Client::new()
+            .post(format!("http://{}/livekit/webhook", stack.orchestrator.addr))
+            .header("Authorization", jwt)
+            .body(body)
+            .send()
+    };
+    let secret = livekit_config("").api_secret;
+    let joined = r#"{"event":"participant_joined","room":{"name":"support-3"},"participant":{"identity":"alice"}}"#;
+    let sent = webhook(joined, &secret).await.unwrap();
+    assert_eq!(sent.status(), 502);
+    assert!(sent.text().await.unwrap().contains("could not join room \"support-3\""));
+    let own = r#"{"event":"participant_joined","room":{"name":"support-3"},"participant":{"identity":"duplex-agent"}}"#;
+    assert_eq!(webhook(own, &secret).await.unwrap().status(), 200);
+    let forged = webhook(joined, "another-secret-of-at-least-32-characters").await.unwrap();
+    assert_eq!(forged.status(), 401);
     // A webhook without LiveKit's signature is refused.
     let hook = reqwest::Client::new()
         .post(format!("http://{}/livekit/webhook", stack.orchestrator.addr))
