@@ -17,8 +17,8 @@ screenshot: deps assets
     cargo build --release -p duplex-cli --bin duplex
     scripts/screenshot
 
-# Every test: format, lint, predecessor-client compatibility, unit and integration tests (real voice included).
-test: deps assets fmt-check lint test-compat test-rust
+# Every test: format, lint, the compose file's schema, unit and integration tests (real voice included), predecessor-client compatibility.
+test: deps assets fmt-check lint compose-check test-rust test-compat
 
 # System packages the build needs (espeak-ng for the Piper engine), installed with apt when missing.
 deps:
@@ -53,6 +53,10 @@ test-livekit: assets
     LIVEKIT_API_KEY="${LIVEKIT_API_KEY:-devkey}" \
     LIVEKIT_API_SECRET="${LIVEKIT_API_SECRET:-duplex-dev-secret-change-me-0123456789}" \
       cargo test -p duplex-tests --test suite livekit -- --nocapture --test-threads 1
+
+# docker-compose.yml against the Compose Specification schema, every profile (no Docker engine needed).
+compose-check:
+    scripts/compose-check
 
 # The predecessor's Python gRPC client against our worker.
 test-compat:
