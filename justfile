@@ -83,6 +83,16 @@ bench-duplex *ARGS: assets
     cargo build --release -p duplex-cli -p duplex-worker -p duplex-orchestrator
     cargo run --quiet --release -p duplex-cli --bin duplex -- bench-duplex {{ARGS}}
 
+# The Kyutai TTS model's step time per batch size on random weights of its shapes (GPU: run
+# target-cuda/release/duplex bench-gpu on the GPU machine; `--device cpu --size tiny` runs anywhere).
+bench-gpu *ARGS:
+    cargo build --release -p duplex-cli
+    cargo run --quiet --release -p duplex-cli --bin duplex -- bench-gpu {{ARGS}}
+
+# The CUDA build of `duplex` (Kyutai TTS on the GPU) with the CUDA 13.0 toolkit from PyPI, into target-cuda/.
+build-cuda:
+    scripts/build-cuda
+
 # Opus encode and decode cost per 20 ms frame on real speech, then the CPU of 1/10/25 whole WebRTC calls.
 bench-webrtc: assets
     cargo build --release -p duplex-cli

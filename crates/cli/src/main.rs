@@ -79,6 +79,8 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_value = "vad,asr,llm,conversation")]
         parts: Vec<String>,
     },
+    /// The Kyutai TTS model's step time per batch size (random weights of its shapes).
+    BenchGpu(duplex_cli::bench_gpu::GpuBenchArgs),
     /// Opus cost per 20 ms frame and the CPU of whole WebRTC calls.
     BenchWebrtc {
         #[arg(long, default_value = ".cache/assets", env = "DUPLEX_ASSETS")]
@@ -170,6 +172,7 @@ async fn main() -> anyhow::Result<()> {
             duplex_cli::bench_duplex::run(duplex_cli::bench_duplex::DuplexBenchArgs { assets, turns, parts }).await
         }
         Cmd::BenchRouting { redis } => duplex_cli::bench_routing::run(&redis).await,
+        Cmd::BenchGpu(args) => duplex_cli::bench_gpu::run(args),
         Cmd::BenchWebrtc { assets } => duplex_cli::bench_webrtc::run(&assets).await,
         Cmd::Assets { dir, voice } => {
             duplex_cli::assets::fetch_all(&dir)?;

@@ -1,0 +1,35 @@
+//! Kyutai's delayed-streams text-to-speech (the `kyutai/tts-1.6b-en_fr`
+//! architecture) on candle, for the GPU worker (issue 10).
+//!
+//! - [`Config`]: the model's shape from its `config.json`; `tiny()` for tests.
+//! - [`weights`]: every tensor's name and shape, and a writer of random
+//!   weights in the real formats (tests; the GPU benchmark at full size).
+//! - [`Model`]: the language model stepped for a batch of slots at once —
+//!   backbone with per-slot positions and voices, then the depth transformer
+//!   generating the step's codebooks.
+//! - [`Sampler`]: picks tokens from logits (greedy, or top-k with a temperature).
+//!
+//! Built on the candle that `moshi` uses (`moshi::candle`), apart from the
+//! ASR and LLM crates' newer candle: the two never exchange tensors.
+
+pub mod config;
+pub mod model;
+pub mod sampler;
+pub mod weights;
+
+/// The candle this crate computes with (moshi's), for callers' tensors.
+pub use moshi::candle as moshi_candle;
+
+pub use config::Config;
+pub use model::Model;
+pub use sampler::Sampler;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KyutaiError {
+    #[error("model config: {0}")]
+    Config(String),
+    #[error("reading the model: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("model: {0}")]
+    Candle(#[from] moshi::candle::Error),
+}
