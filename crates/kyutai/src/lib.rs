@@ -7,12 +7,16 @@
 //! - [`Model`]: the language model stepped for a batch of slots at once —
 //!   backbone with per-slot positions and voices, then the depth transformer
 //!   generating the step's codebooks.
+//! - [`codec`]: the Mimi decoder (moshi's), codebooks → 80 ms of 24 kHz audio per slot.
 //! - [`Sampler`]: picks tokens from logits (greedy, or top-k with a temperature).
 //!
 //! Built on the candle that `moshi` uses (`moshi::candle`), apart from the
 //! ASR and LLM crates' newer candle: the two never exchange tensors.
 
+pub mod codec;
 pub mod config;
+pub mod engine;
+pub mod machine;
 pub mod model;
 pub mod sampler;
 pub mod weights;

@@ -286,6 +286,20 @@ impl Model {
     /// text logits (batch, text_card) and the hidden state for the depth
     /// transformer (batch, dim). Every slot advances one position.
     pub fn backbone(&mut self, text: &[i64], audio: &[Vec<i64>], cfg: &[u32]) -> Result<(Tensor, Tensor)> {
+        let active = vec![true; self.batch];
+        self.backbone_masked(text, audio, cfg, &active)
+    }
+
+    /// [`Model::backbone`] where only `active` slots advance: an inactive
+    /// slot's outputs are to be ignored, and the cache row it writes is
+    /// written again at its next active step (its position did not move).
+    pub fn backbone_masked(
+        &mut self,
+        text: &[i64],
+        audio: &[Vec<i64>],
+        cfg: &[u32],
+        active: &[bool],
+    ) -> Result<(Tensor, Tensor)> {
         let (b, dev) = (self.batch, self.device.clone());
         let c = &self.config;
         let (d, heads, ctx) = (c.dim, c.num_heads, c.context);
@@ -336,7 +350,7 @@ impl Model {
             let h = ops::rms_norm(&x, &layer.norm2, RMS_EPS)?;
             x = (x + gated_mlp(&h, &layer.mlp_in, &layer.mlp_out)?)?;
         }
-        for p in &mut self.positions {
+        for (p, _) in self.positions.iter_mut().zip(active).filter(|(_, a)| **a) {
             *p += 1;
         }
         let hidden = ops::rms_norm(&x, &self.out_norm, RMS_EPS)?;
