@@ -8,6 +8,9 @@
 //!   backbone with per-slot positions and voices, then the depth transformer
 //!   generating the step's codebooks.
 //! - [`codec`]: the Mimi decoder (moshi's), codebooks → 80 ms of 24 kHz audio per slot.
+//! - [`tokenizer`]: the SentencePiece unigram tokenizer, read from its `.model` file.
+//! - [`machine`]: which text token each step feeds (words as the model asks for them).
+//! - [`engine`]: the model thread stepping every session's slot; Busy when full.
 //! - [`Sampler`]: picks tokens from logits (greedy, or top-k with a temperature).
 //!
 //! Built on the candle that `moshi` uses (`moshi::candle`), apart from the
@@ -19,6 +22,8 @@ pub mod engine;
 pub mod machine;
 pub mod model;
 pub mod sampler;
+pub mod tokenizer;
+pub mod voice;
 pub mod weights;
 
 /// The candle this crate computes with (moshi's), for callers' tensors.
