@@ -12,7 +12,8 @@ use std::path::Path;
 
 use moshi::candle::{DType, Device, Result, Tensor};
 use moshi::candle_nn::{VarBuilder, VarMap};
-use moshi::mimi::{Config as MimiConfig, Mimi};
+pub use moshi::mimi::Config as MimiConfig;
+use moshi::mimi::Mimi;
 
 /// 24 kHz samples per step (80 ms).
 pub const SAMPLES_PER_STEP: usize = 1920;
@@ -51,6 +52,11 @@ impl Codec {
             None => Ok(Vec::new()),
         }
     }
+}
+
+/// Mimi as published, decoding `n_q` codebooks.
+pub fn published_config(n_q: usize) -> MimiConfig {
+    MimiConfig::v0_1(Some(n_q))
 }
 
 /// Mimi with the published strides (24 kHz, 80 ms per step) and tiny

@@ -137,6 +137,9 @@ pub struct EngineHost {
     descriptor: ModelDescriptor,
     lanes: Vec<Arc<Lane>>,
     next_id: std::sync::atomic::AtomicU64,
+    /// For engines that serve a fixed number of sessions at once (a batch):
+    /// how many more they can take now.
+    free_slots: Option<Arc<dyn Fn() -> usize + Send + Sync>>,
 }
 
 impl std::fmt::Debug for EngineHost {
@@ -187,7 +190,7 @@ impl EngineHost {
             lanes.push(Arc::new(Lane { cmd_tx, thread: handle.thread().clone(), active, stats }));
         }
         let descriptor = descriptor.ok_or_else(|| EngineError::Failed("no engine threads configured".into()))?;
-        Ok(Self { descriptor, lanes, next_id: 0.into() })
+        Ok(Self { descriptor, lanes, next_id: 0.into(), free_slots: None })
     }
 
     pub fn descriptor(&self) -> &ModelDescriptor {
@@ -205,6 +208,17 @@ impl EngineHost {
     /// Jobs currently running on all lanes.
     pub fn active_jobs(&self) -> usize {
         self.lanes.iter().map(|l| l.active.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Says how many sessions the engine can still take (batched engines).
+    pub fn with_free_slots(mut self, free_slots: Arc<dyn Fn() -> usize + Send + Sync>) -> Self {
+        self.free_slots = Some(free_slots);
+        self
+    }
+
+    /// Sessions the engine can still take now; `None` when it has no fixed number.
+    pub fn free_slots(&self) -> Option<usize> {
+        self.free_slots.as_ref().map(|f| f())
     }
 
     /// Starts an utterance on the least busy lane.

@@ -13,6 +13,9 @@ pub enum EngineConfig {
     /// A Piper voice on ONNX Runtime (feature `piper`).
     #[cfg(feature = "piper")]
     Piper(duplex_piper::PiperConfig),
+    /// Kyutai's TTS model, sessions batched on one model (feature `kyutai`).
+    #[cfg(feature = "kyutai")]
+    Kyutai(crate::kyutai::KyutaiConfig),
 }
 
 impl EngineConfig {
@@ -21,6 +24,8 @@ impl EngineConfig {
             EngineConfig::Mock(c) => &c.model_id,
             #[cfg(feature = "piper")]
             EngineConfig::Piper(c) => &c.model_id,
+            #[cfg(feature = "kyutai")]
+            EngineConfig::Kyutai(c) => &c.model_id,
         }
     }
 
@@ -31,6 +36,8 @@ impl EngineConfig {
             EngineConfig::Mock(c) => c.languages.clone(),
             #[cfg(feature = "piper")]
             EngineConfig::Piper(c) => c.voice().map(|v| v.languages()).unwrap_or_default(),
+            #[cfg(feature = "kyutai")]
+            EngineConfig::Kyutai(c) => c.languages.clone(),
         }
     }
 
@@ -40,6 +47,8 @@ impl EngineConfig {
             EngineConfig::Mock(_) => "mock",
             #[cfg(feature = "piper")]
             EngineConfig::Piper(_) => "piper",
+            #[cfg(feature = "kyutai")]
+            EngineConfig::Kyutai(_) => "kyutai",
         }
     }
 
@@ -58,6 +67,16 @@ impl EngineConfig {
                 EngineHost::start(&c.model_id, c.lanes(), move || {
                     Ok(Box::new(duplex_piper::PiperEngine::load(&cfg)?) as Box<dyn Engine>)
                 })
+            }
+            #[cfg(feature = "kyutai")]
+            EngineConfig::Kyutai(c) => {
+                // One model for the whole worker; the host's lane only pumps its audio.
+                let shared = crate::kyutai::Shared::load(c)?;
+                let slots = shared.clone();
+                let host = EngineHost::start(&c.model_id, 1, move || {
+                    Ok(Box::new(crate::kyutai::KyutaiEngine(shared.clone())) as Box<dyn Engine>)
+                })?;
+                Ok(host.with_free_slots(std::sync::Arc::new(move || slots.free_slots())))
             }
         }
     }

@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: `configs/worker.yaml` and its environment overrides.
 //! - [`engines`]: the engine families (tagged config) and how each is built.
+//! - `kyutai`: Kyutai's TTS model, sessions batched on one model (feature `kyutai`).
 //! - [`models`]: configured vs loaded models, load/unload/reload.
 //! - [`registry`]: the record this worker publishes in Redis.
 //! - [`session`]: per-session pause / stop / close.
@@ -12,6 +13,8 @@
 
 pub mod config;
 pub mod engines;
+#[cfg(feature = "kyutai")]
+pub mod kyutai;
 pub mod metrics;
 pub mod models;
 pub mod registry;

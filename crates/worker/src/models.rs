@@ -123,6 +123,13 @@ impl Models {
         resident.values().map(|r| r.host.rtf()).fold(0.0, f64::max)
     }
 
+    /// Sessions the resident batched models can still take, summed; `None`
+    /// when none of them has a fixed number.
+    pub fn free_slots(&self) -> Option<usize> {
+        let resident = self.resident.lock().expect("models lock");
+        resident.values().filter_map(|r| r.host.free_slots()).reduce(|a, b| a + b)
+    }
+
     pub fn active_jobs(&self) -> usize {
         self.resident.lock().expect("models lock").values().map(|r| r.host.active_jobs()).sum()
     }

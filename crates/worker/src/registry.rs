@@ -61,7 +61,10 @@ pub fn record(state: &State, addr: &str) -> WorkerRecord {
             max_concurrent_sessions: capacity,
         },
         resident_models: resident.keys().cloned().collect(),
-        metrics: [("rtf".to_string(), rtf), ("queue_depth".to_string(), queue_depth as f64)].into(),
+        metrics: [("rtf".to_string(), rtf), ("queue_depth".to_string(), queue_depth as f64)]
+            .into_iter()
+            .chain(state.models.free_slots().map(|n| ("free_slots".to_string(), n as f64)))
+            .collect(),
         last_heartbeat_ts: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())

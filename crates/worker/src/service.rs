@@ -130,6 +130,11 @@ impl TtsService for Service {
             }
         }
         let (model, _) = state.models.load(&model_id).await.map_err(model_status)?;
+        if model.free_slots() == Some(0) {
+            return Err(Status::resource_exhausted(format!(
+                "every slot of model {model_id:?} is in use; try another worker"
+            )));
+        }
         let session = Arc::new(Session::new(id.to_string(), model, params, &state.sessions_token));
         if let Err(open) = state.sessions.insert(session, state.config.limits.max_sessions) {
             return Err(Status::resource_exhausted(format!(

@@ -8,6 +8,7 @@ mod conversation;
 mod docs;
 mod failover;
 mod hearing;
+mod kyutai;
 mod livekit;
 mod metrics;
 mod openai;
