@@ -100,6 +100,12 @@ fn shipped_configs_and_compose_ports_agree() {
         assert!(compose.contains(&format!("\"{port}:{port}\"")), "compose publishes {port}");
     }
     assert!(compose.contains(&format!("grpc://worker-0:{}", worker.grpc.port)));
+    // The GPU worker's shipped config parses and its ports are the compose ones.
+    let gpu = duplex_worker::Config::parse(&repo("configs/worker-gpu.yaml")).unwrap();
+    gpu.validate().unwrap();
+    for port in [gpu.grpc.port, gpu.metrics.port] {
+        assert!(compose.contains(&format!("\"{port}:{port}\"")), "compose publishes the GPU worker's {port}");
+    }
     let ops = repo("docs/OPERATIONS.md");
     for port in [worker.grpc.port, worker.metrics.port, orch.transport.websocket.port, orch.health.port] {
         assert!(ops.contains(&format!("| {port} |")), "docs/OPERATIONS.md lists port {port}");
