@@ -84,12 +84,12 @@ bench-duplex *ARGS: assets
     cargo run --quiet --release -p duplex-cli --bin duplex -- bench-duplex {{ARGS}}
 
 # The Kyutai TTS model's step time per batch size on random weights of its shapes (GPU: run
-# target-cuda/release/duplex bench-gpu on the GPU machine; `--device cpu --size tiny` runs anywhere).
+# target-cuda/release/kyutai-bench on the GPU machine; `--device cpu --size tiny` runs anywhere).
 bench-gpu *ARGS:
     cargo build --release -p duplex-cli
     cargo run --quiet --release -p duplex-cli --bin duplex -- bench-gpu {{ARGS}}
 
-# The CUDA build of `duplex` (Kyutai TTS on the GPU) with the CUDA 13.0 toolkit from PyPI, into target-cuda/.
+# CUDA builds of kyutai-bench and duplex-worker (Kyutai TTS on the GPU), CUDA 13.0 toolkit from PyPI, into target-cuda/.
 build-cuda:
     scripts/build-cuda
 

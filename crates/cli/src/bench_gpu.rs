@@ -1,26 +1,7 @@
-//! `duplex bench-gpu`: the Kyutai TTS language model's step time at growing
-//! batch sizes, against the 80 ms a step may take to stay real time, on
-//! random weights of the published model's shapes (written once into a
-//! directory; same shapes, same compute as the real checkpoint).
-//!
-//! Per batch: step time p50/p95 (backbone + depth transformer with top-k
-//! sampling, every slot active), the real-time factor, and the first-audio
-//! time it implies: audio starts `audio_delay + acoustic delay` steps after
-//! the text (18 for tts-1.6b), so a session joining a batch waits that many
-//! steps. Not yet in the figure: the codec's decode (next increment).
+//! `duplex bench-gpu`: the Kyutai TTS model's step time per batch size
+//! (`duplex_kyutai::bench`; the same benchmark as the lean `kyutai-bench`).
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
-
-use duplex_kyutai::moshi_candle::{DType, Device, Tensor};
-use duplex_kyutai::{Config, Model, Sampler, weights};
-
-use crate::stats::Summary;
-
-/// 80 ms of audio per step.
-const STEP_BUDGET: Duration = Duration::from_millis(80);
-/// Steps before a session's first audio: 16 (1.28 s text-to-audio delay) + 2 (acoustic delay).
-const STEPS_TO_FIRST_AUDIO: usize = 18;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct GpuBenchArgs {
@@ -40,106 +21,8 @@ pub struct GpuBenchArgs {
     pub device: String,
 }
 
-fn gpu_memory() -> Option<String> {
-    let out = std::process::Command::new("nvidia-smi")
-        .args(["--query-gpu=name,memory.used,memory.total", "--format=csv,noheader"])
-        .output()
-        .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
 pub fn run(args: GpuBenchArgs) -> anyhow::Result<()> {
-    let device = match args.device.as_str() {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0)
-            .map_err(|e| anyhow::anyhow!("no CUDA device ({e}); build with `just build-cuda`, or pass --device cpu"))?,
-        other => anyhow::bail!("--device is cuda or cpu, not {other:?}"),
-    };
-    let config = match args.size.as_str() {
-        "full" => Config::tts_1_6b_en_fr(),
-        "tiny" => Config::tiny(),
-        other => anyhow::bail!("--size is full or tiny, not {other:?}"),
-    };
-    let dir = args.weights.join(&args.size);
-    let current = std::fs::read_to_string(dir.join("config.json")).ok();
-    if current.as_deref() != Some(serde_json::to_string_pretty(&config)?.as_str()) {
-        println!("bench-gpu: writing random {} weights to {} (once)", args.size, dir.display());
-        let t = Instant::now();
-        weights::write_random_as(&config, &dir, 7, DType::BF16)?;
-        println!("bench-gpu: written in {:.1} s", t.elapsed().as_secs_f64());
-    }
-    println!(
-        "bench-gpu: {} model, {} layers × {} + depth {} layers × {} over {} codebooks, device {:?}, {} timed steps per batch",
-        args.size,
-        config.num_layers,
-        config.dim,
-        config.depformer_num_layers,
-        config.depformer_dim,
-        config.dep_q,
-        args.device,
-        args.steps
-    );
-    let voice_data: Vec<f32> = (0..config.conditioning.voice_frames * config.conditioning.voice_dim)
-        .map(|i| (i as f32 * 0.013).sin())
-        .collect();
-    let voice =
-        Tensor::from_vec(voice_data, (config.conditioning.voice_frames, config.conditioning.voice_dim), &Device::Cpu)?;
-    let mut largest_real_time = None;
-    for &batch in &args.batches {
-        let t = Instant::now();
-        let mut model = match Model::load(&dir, batch, &device) {
-            Ok(m) => m,
-            Err(e) => {
-                println!("batch {batch:4}: could not load ({e})");
-                break;
-            }
-        };
-        let load_s = t.elapsed().as_secs_f64();
-        for slot in 0..batch {
-            model.reset_slot(slot, &voice)?;
-        }
-        let mut sampler = Sampler::top_k(250, 0.6, 11);
-        let mut times = Vec::new();
-        for step in 0..args.steps + 3 {
-            let text: Vec<i64> = (0..batch).map(|s| ((s * 7 + step) % config.text_card) as i64).collect();
-            let audio: Vec<Vec<i64>> =
-                (0..batch).map(|s| (0..config.n_q).map(|k| ((s + k + step) % config.card) as i64).collect()).collect();
-            let t = Instant::now();
-            let (logits, hidden) = model.backbone(&text, &audio, &vec![2; batch])?;
-            let _text = sampler.sample(&logits)?;
-            let _codes = model.depformer(&hidden, &text, &mut sampler)?;
-            if step >= 3 {
-                times.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        let s = Summary::of(&mut times);
-        let real_time = s.p95 <= STEP_BUDGET.as_secs_f64() * 1e3;
-        if real_time {
-            largest_real_time = Some((batch, s.p50, s.p95));
-        }
-        println!(
-            "batch {batch:4}: step p50 {:7.1} ms p95 {:7.1} ms | {:5.2}× real time | first audio ≈ {:6.0} / {:6.0} ms (p50/p95) | load {load_s:.1} s | {}",
-            s.p50,
-            s.p95,
-            STEP_BUDGET.as_secs_f64() * 1e3 / s.p50,
-            s.p50 * STEPS_TO_FIRST_AUDIO as f64,
-            s.p95 * STEPS_TO_FIRST_AUDIO as f64,
-            if real_time { "real time" } else { "too slow" }
-        );
-        if let Some(memory) = gpu_memory().filter(|_| device.is_cuda()) {
-            println!("            GPU: {memory}");
-        }
-        if !real_time {
-            break;
-        }
-    }
-    match largest_real_time {
-        Some((batch, p50, p95)) => println!(
-            "largest real-time batch: {batch} (step p95 {p95:.1} ms ≤ 80 ms); first audio there ≈ {:.0} / {:.0} ms p50/p95",
-            p50 * STEPS_TO_FIRST_AUDIO as f64,
-            p95 * STEPS_TO_FIRST_AUDIO as f64
-        ),
-        None => println!("no batch size kept up with real time on this device"),
-    }
-    Ok(())
+    let GpuBenchArgs { weights, size, batches, steps, device } = args;
+    duplex_kyutai::bench::run(duplex_kyutai::bench::BenchArgs { weights, size, batches, steps, device })
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }

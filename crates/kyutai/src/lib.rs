@@ -16,6 +16,7 @@
 //! Built on the candle that `moshi` uses (`moshi::candle`), apart from the
 //! ASR and LLM crates' newer candle: the two never exchange tensors.
 
+pub mod bench;
 pub mod codec;
 pub mod config;
 pub mod engine;
