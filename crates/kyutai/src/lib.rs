@@ -38,8 +38,8 @@ pub use sampler::Sampler;
 pub enum KyutaiError {
     #[error("model config: {0}")]
     Config(String),
-    #[error("reading the model: {0}")]
-    Io(#[from] std::io::Error),
+    #[error("reading {path}: {source}")]
+    Io { path: std::path::PathBuf, source: std::io::Error },
     #[error("model: {0}")]
     Candle(#[from] moshi::candle::Error),
 }

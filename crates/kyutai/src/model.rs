@@ -131,12 +131,16 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<T
 impl Model {
     /// Loads `dir/model.safetensors` with `dir/config.json` for `batch` slots.
     pub fn load(dir: &Path, batch: usize, device: &Device) -> std::result::Result<Self, crate::KyutaiError> {
-        let config: Config = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)
-            .map_err(|e| crate::KyutaiError::Config(e.to_string()))?;
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path).map_err(|source| crate::KyutaiError::Io { path, source })
+        };
+        let config: Config =
+            serde_json::from_slice(&read("config.json")?).map_err(|e| crate::KyutaiError::Config(e.to_string()))?;
         config.check().map_err(crate::KyutaiError::Config)?;
         let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
         // Read whole (no mmap: this workspace has no unsafe code); 3.7 GB at full size.
-        let bytes = std::fs::read(dir.join("model.safetensors"))?;
+        let bytes = read("model.safetensors")?;
         let vb = VarBuilder::from_buffered_safetensors(bytes, dtype, device)?;
         Ok(Self::new(config, vb, batch, device)?)
     }

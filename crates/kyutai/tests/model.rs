@@ -124,6 +124,10 @@ fn a_broken_checkpoint_names_what_is_wrong() {
     let err = Model::load(dir.path(), 1, &Device::Cpu).err().expect("a missing tensor is an error").to_string();
     assert!(err.contains("linears.2.weight"), "{err}");
 
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let err = Model::load(dir.path(), 1, &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("model.safetensors") && err.contains(&dir.path().display().to_string()), "{err}");
+
     std::fs::write(dir.path().join("config.json"), "{\"dim\": 4}").unwrap();
     let err = Model::load(dir.path(), 1, &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("model config"), "{err}");

@@ -26,6 +26,17 @@ pub fn advertise_addr(state: &State, bound: SocketAddr) -> String {
     format!("grpc://{host}:{}", bound.port())
 }
 
+/// `cuda` when a configured model runs on the GPU, else `cpu`.
+fn device(state: &State) -> String {
+    #[cfg(feature = "kyutai")]
+    if state.models.configs().iter().any(|c| matches!(c, crate::engines::EngineConfig::Kyutai(k) if k.device == "cuda"))
+    {
+        return "cuda".into();
+    }
+    let _ = state;
+    "cpu".into()
+}
+
 pub fn record(state: &State, addr: &str) -> WorkerRecord {
     let resident = state.models.resident();
     let models: Vec<ModelEntry> = state
@@ -70,7 +81,7 @@ pub fn record(state: &State, addr: &str) -> WorkerRecord {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0),
         models,
-        device: "cpu".into(),
+        device: device(state),
         load: Load { active_sessions: state.sessions.len() as u32, queue_depth, capacity, rtf },
         version: env!("CARGO_PKG_VERSION").to_string(),
     }
