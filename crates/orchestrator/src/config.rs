@@ -23,6 +23,8 @@ pub struct Config {
     pub log: LogConfig,
     /// OpenTelemetry traces over OTLP (off unless an endpoint is set).
     pub traces: TracesConfig,
+    /// Who may open conversations (API keys or signed tokens; browser origins).
+    pub access: crate::access::AccessConfig,
 }
 
 /// The spoken conversation: microphone in, VAD, speech recognition, replies.
@@ -174,6 +176,7 @@ impl Default for Config {
             conversation: Conversation::default(),
             log: LogConfig::default(),
             traces: TracesConfig::default(),
+            access: crate::access::AccessConfig::default(),
         }
     }
 }
@@ -267,6 +270,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "traces.otlp_endpoint"),
     ("OTEL_EXPORTER_OTLP_PROTOCOL", "traces.protocol"),
     ("OTEL_SERVICE_NAME", "traces.service_name"),
+    ("DUPLEX_API_KEYS", "the API keys (access.api_keys_env names the variable)"),
+    ("DUPLEX_JWT_SECRET", "the HS256 token secret (access.jwt_secret_env names the variable)"),
     ("LIVEKIT_URL", "transport.livekit.url"),
     ("LIVEKIT_PUBLIC_URL", "transport.livekit.public_url"),
     ("LIVEKIT_API_KEY", "transport.livekit.api_key"),
@@ -327,6 +332,7 @@ impl Config {
         if let Some(v) = env(&livekit.api_secret_env) {
             livekit.api_secret = v;
         }
+        self.access.apply_env(&env);
         duplex_config::apply_traces_env(&mut self.traces, &env)?;
         duplex_config::apply_log_env(&mut self.log, &env)
     }
@@ -347,6 +353,7 @@ impl Config {
         }
         self.conversation.vad.validate().map_err(ConfigError::Invalid)?;
         self.transport.livekit.validate().map_err(ConfigError::Invalid)?;
+        self.access.validate().map_err(ConfigError::Invalid)?;
         if let ResponderConfig::Openai(openai) = &self.conversation.responder {
             openai.validate().map_err(|e| ConfigError::Invalid(format!("conversation.{e}")))?;
         }

@@ -13,6 +13,7 @@
 //! - [`web`]: the browser page and the voices it offers.
 //! - [`webrtc`]: the WebRTC transport (offer/answer, a session over the call).
 
+pub mod access;
 pub mod config;
 pub mod conversation;
 mod link;

@@ -61,6 +61,8 @@ enum Refused {
     AlreadyIn(String),
     #[error("could not join room {room:?}: {error}")]
     JoinFailed { room: String, error: String },
+    #[error("{}", .0.message)]
+    Access(crate::access::Denied),
 }
 
 impl IntoResponse for Refused {
@@ -73,6 +75,7 @@ impl IntoResponse for Refused {
             Refused::Token(TokenError::Sign(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             Refused::AlreadyIn(_) => StatusCode::CONFLICT,
             Refused::JoinFailed { .. } => StatusCode::BAD_GATEWAY,
+            Refused::Access(denied) => denied.status,
         };
         (status, self.to_string()).into_response()
     }
@@ -86,6 +89,19 @@ fn tokens(state: &AppState) -> Result<&Tokens, Refused> {
 struct TokenParams {
     room: String,
     identity: String,
+    /// Our own access credential (browsers), when not in `Authorization`.
+    #[serde(default)]
+    token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct AccessParams {
+    #[serde(default)]
+    token: Option<String>,
+}
+
+fn allowed(state: &AppState, headers: &HeaderMap, token: Option<&str>) -> Result<(), Refused> {
+    state.config.access.check(headers, token).map_err(Refused::Access)
 }
 
 #[derive(Debug, Serialize)]
@@ -97,7 +113,12 @@ struct Minted {
     ttl_s: u64,
 }
 
-async fn token(State(state): State<Arc<AppState>>, Query(params): Query<TokenParams>) -> Result<Json<Minted>, Refused> {
+async fn token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(params): Query<TokenParams>,
+) -> Result<Json<Minted>, Refused> {
+    allowed(&state, &headers, params.token.as_deref())?;
     let tokens = tokens(&state)?;
     let token = tokens.for_user(&params.room, &params.identity)?;
     Ok(Json(Minted {
@@ -120,7 +141,13 @@ struct Sent {
     session_id: String,
 }
 
-async fn join_request(State(state): State<Arc<AppState>>, Json(params): Json<JoinParams>) -> Result<Response, Refused> {
+async fn join_request(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(access): Query<AccessParams>,
+    Json(params): Json<JoinParams>,
+) -> Result<Response, Refused> {
+    allowed(&state, &headers, access.token.as_deref())?;
     let session_id = send_agent(state, params.room.clone()).await?;
     Ok((StatusCode::ACCEPTED, Json(Sent { room: params.room, session_id })).into_response())
 }

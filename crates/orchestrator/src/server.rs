@@ -108,16 +108,24 @@ struct ConnectParams {
     /// session is routed to the worker that one used (its affinity record).
     #[serde(default)]
     session_id: Option<String>,
+    /// The credential, for clients that cannot send `Authorization` (browsers' WebSockets).
+    #[serde(default)]
+    token: Option<String>,
 }
 
 async fn websocket(
     State(state): State<Arc<AppState>>,
     Query(params): Query<ConnectParams>,
+    headers: axum::http::HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let Ok(upgrade) = upgrade else {
         return crate::web::index();
     };
+    if let Err(denied) = state.config.access.check(&headers, params.token.as_deref()) {
+        state.metrics.errors.with_label_values(&["UNAUTHORIZED"]).inc();
+        return (denied.status, denied.message).into_response();
+    }
     let hard_limit = state.config.transport.websocket.max_message_bytes * HARD_MESSAGE_LIMIT_FACTOR;
     let format = params.audio_format.unwrap_or_default();
     let id = match params.session_id {

@@ -31,7 +31,21 @@ pub struct Answer {
     pub session_id: String,
 }
 
-pub async fn offer(State(state): State<Arc<AppState>>, Json(offer): Json<Offer>) -> Response {
+#[derive(Debug, Default, Deserialize)]
+pub struct OfferParams {
+    #[serde(default)]
+    token: Option<String>,
+}
+
+pub async fn offer(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Query(params): axum::extract::Query<OfferParams>,
+    headers: axum::http::HeaderMap,
+    Json(offer): Json<Offer>,
+) -> Response {
+    if let Err(denied) = state.config.access.check(&headers, params.token.as_deref()) {
+        return (denied.status, denied.message).into_response();
+    }
     let rtc = &state.config.transport.webrtc;
     if !rtc.enabled {
         return (StatusCode::NOT_FOUND, "WebRTC is off on this server (transport.webrtc.enabled)").into_response();

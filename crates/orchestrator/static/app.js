@@ -33,6 +33,9 @@ const MIC_HEADER = 16;
 const RETRY_MS = [500, 1000, 2000, 4000, 8000];
 
 const $ = (id) => document.getElementById(id);
+// The server's access credential, when it asks for one: open the page as /?token=….
+const accessToken = new URLSearchParams(location.search).get("token");
+const authHeaders = () => (accessToken ? { authorization: `Bearer ${accessToken}` } : {});
 let ws = null;
 let sessionId = null;
 let retries = 0;
@@ -296,7 +299,7 @@ async function startCall(stream) {
   try {
     response = await fetch("/rtc/offer", {
       method: "POST",
-      headers: { "content-type": "application/json" },
+      headers: { "content-type": "application/json", ...authHeaders() },
       body: JSON.stringify({ sdp: pc.localDescription.sdp }),
     });
   } catch (e) {
@@ -368,7 +371,8 @@ function send(message) {
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const resume = sessionId ? `&session_id=${encodeURIComponent(sessionId)}` : "";
-  ws = new WebSocket(`${scheme}://${location.host}/ws?audio_format=binary${resume}`);
+  const token = accessToken ? `&token=${encodeURIComponent(accessToken)}` : "";
+  ws = new WebSocket(`${scheme}://${location.host}/ws?audio_format=binary${resume}${token}`);
   ws.binaryType = "arraybuffer";
   ws.onopen = () => {
     retries = 0;

@@ -10,6 +10,9 @@
 window.duplexLiveKit = (() => {
   const TOPIC = "duplex";
   let room = null;
+  // The Duplex server's own access credential, if it asks for one (/?token=…).
+  const access = new URLSearchParams(location.search).get("token");
+  const auth = access ? { authorization: `Bearer ${access}` } : {};
 
   function loadLibrary() {
     if (window.LivekitClient) return Promise.resolve(true);
@@ -33,7 +36,7 @@ window.duplexLiveKit = (() => {
     const identity = `user-${Math.random().toString(36).slice(2, 10)}`;
     let response;
     try {
-      response = await fetch(`/livekit/token?room=${encodeURIComponent(name)}&identity=${encodeURIComponent(identity)}`);
+      response = await fetch(`/livekit/token?room=${encodeURIComponent(name)}&identity=${encodeURIComponent(identity)}`, { headers: auth });
     } catch (_) {
       hooks.onError("The Duplex server did not answer; it may be down.");
       return false;
@@ -70,7 +73,7 @@ window.duplexLiveKit = (() => {
     await room.localParticipant.publishTrack(stream.getAudioTracks()[0], { source: LK.Track.Source.Microphone });
     const joined = await fetch("/livekit/join", {
       method: "POST",
-      headers: { "content-type": "application/json" },
+      headers: { "content-type": "application/json", ...auth },
       body: JSON.stringify({ room: name }),
     });
     // 409: the bot is in this room already.

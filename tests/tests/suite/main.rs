@@ -2,6 +2,7 @@
 //! whole stack (orchestrator, worker, models, WebRTC) seventeen times over.
 //! nextest still runs every test in its own process.
 
+mod access;
 mod asr;
 mod browser;
 mod conversation;
