@@ -112,8 +112,13 @@ pub(crate) async fn start_stack_with(
     orchestrator_config: Option<&std::path::Path>,
 ) -> anyhow::Result<Stack> {
     let (grpc, ws, probes) = (free_port()?, free_port()?, free_port()?);
-    let quiet = [("LOG_LEVEL", "warn"), ("MAX_CONCURRENT_SESSIONS", &max_sessions.to_string())]
-        .map(|(k, v)| (k.to_string(), v.to_string()));
+    // Every benchmark client connects from 127.0.0.1: no per-address limit.
+    let quiet = [
+        ("LOG_LEVEL", "warn"),
+        ("MAX_CONCURRENT_SESSIONS", &max_sessions.to_string()),
+        ("MAX_CONNECTIONS_PER_IP", "0"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
     let mut worker = Process::new(sibling_binary("duplex-worker")?);
     if let Some(path) = worker_config {
         worker.arg("--config").arg(path);
@@ -177,6 +182,7 @@ pub(crate) async fn start_registry_stack(redis_url: &str, prefix: &str, workers:
     let orchestrator = Process::new(sibling_binary("duplex-orchestrator")?)
         .args(["--port", &ws.to_string()])
         .env("ORCHESTRATOR_HEALTH_PORT", probes.to_string())
+        .env("MAX_CONNECTIONS_PER_IP", "0")
         .envs(quiet)
         .kill_on_drop(true)
         .spawn()

@@ -154,6 +154,9 @@ pub struct SessionLimits {
     /// Characters in one utterance (all its messages): kept until it is
     /// spoken so it can resume on another worker.
     pub max_utterance_chars: usize,
+    /// Concurrent WebSocket connections from one IP address; more are
+    /// answered 429 (0 = no limit).
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -227,6 +230,7 @@ impl Default for SessionLimits {
             max_duration_ms: 3_600_000,
             max_text_chars: 5_000,
             max_utterance_chars: 10_000,
+            max_connections_per_ip: 32,
         }
     }
 }
@@ -264,6 +268,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DEFAULT_MODEL", "routing.default_model"),
     ("MAX_CONCURRENT_SESSIONS", "session.max_sessions"),
     ("SESSION_IDLE_TIMEOUT_S", "session.idle_timeout_ms (in seconds)"),
+    ("MAX_CONNECTIONS_PER_IP", "session.max_connections_per_ip"),
     ("ORT_DYLIB_PATH", "conversation.onnxruntime_library"),
     ("LOG_LEVEL", "log.level"),
     ("LOG_FORMAT", "log.format"),
@@ -312,6 +317,9 @@ impl Config {
         }
         if let Some(v) = env("MAX_CONCURRENT_SESSIONS") {
             self.session.max_sessions = parsed("MAX_CONCURRENT_SESSIONS", v)?;
+        }
+        if let Some(v) = env("MAX_CONNECTIONS_PER_IP") {
+            self.session.max_connections_per_ip = parsed("MAX_CONNECTIONS_PER_IP", v)?;
         }
         if let Some(v) = env("SESSION_IDLE_TIMEOUT_S") {
             self.session.idle_timeout_ms = parsed::<u64>("SESSION_IDLE_TIMEOUT_S", v)?.saturating_mul(1000);

@@ -51,6 +51,44 @@ pub struct AppState {
     pub conversation: crate::conversation::Parts,
     /// The LiveKit rooms our agent is in.
     pub livekit: crate::livekit::Rooms,
+    /// Open WebSocket connections per client address.
+    pub per_ip: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+/// One client address's hold on a connection; dropping it gives it back.
+#[derive(Debug)]
+pub struct IpSlot {
+    ip: std::net::IpAddr,
+    counts: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl IpSlot {
+    /// `None` when `ip` already has `limit` connections open (0 = no limit).
+    fn claim(
+        counts: &Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+        ip: std::net::IpAddr,
+        limit: usize,
+    ) -> Option<Self> {
+        let mut map = counts.lock().expect("per-ip lock");
+        let open = map.entry(ip).or_insert(0);
+        if limit > 0 && *open >= limit {
+            return None;
+        }
+        *open += 1;
+        Some(Self { ip, counts: counts.clone() })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().expect("per-ip lock");
+        if let Some(open) = map.get_mut(&self.ip) {
+            *open -= 1;
+            if *open == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// A session id held while its session runs; dropping it frees the id.
@@ -117,6 +155,7 @@ async fn websocket(
     State(state): State<Arc<AppState>>,
     Query(params): Query<ConnectParams>,
     headers: axum::http::HeaderMap,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let Ok(upgrade) = upgrade else {
@@ -136,13 +175,19 @@ async fn websocket(
         Some(id) => id,
         None => uuid::Uuid::new_v4().to_string(),
     };
+    let limit = state.config.session.max_connections_per_ip;
+    let Some(ip_slot) = IpSlot::claim(&state.per_ip, peer.ip(), limit) else {
+        state.metrics.errors.with_label_values(&[crate::protocol::ErrorCode::Busy.as_str()]).inc();
+        let msg = format!("too many connections from {} ({limit} open); close one or retry later", peer.ip());
+        return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "5")], msg).into_response();
+    };
     let Some(id) = LiveId::claim(&state.live, id) else {
         return (StatusCode::CONFLICT, "that session is connected now").into_response();
     };
-    upgrade
-        .max_message_size(hard_limit)
-        .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| crate::session::run(socket, state, format, id))
+    upgrade.max_message_size(hard_limit).max_frame_size(hard_limit).on_upgrade(move |socket| async move {
+        crate::session::run(socket, state, format, id).await;
+        drop(ip_slot);
+    })
 }
 
 async fn health() -> &'static str {
@@ -222,6 +267,7 @@ pub async fn serve(
         live: Arc::default(),
         tasks: TaskTracker::new(),
         livekit: crate::livekit::Rooms::new(&config_livekit),
+        per_ip: Arc::default(),
     });
     let app = Router::new()
         .route("/", get(websocket))
@@ -247,6 +293,7 @@ pub async fn serve(
         let stop = shutdown.clone();
         tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await })
     });
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let main_server = axum::serve(main, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let main_server = tokio::spawn(async move { main_server.await });
 

@@ -93,3 +93,21 @@ async fn signed_tokens_and_browser_origins() {
         handshake(&format!("{ws}?token={good}"), &[("origin", "https://evil.example")]).await.unwrap_err();
     assert_eq!((status, body.as_str()), (403, "origin https://evil.example is not allowed"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_from_one_address_are_limited() {
+    let stack = Stack::start(worker_config(), |c| c.session.max_connections_per_ip = 2).await;
+    let ws = stack.url();
+    let first = tokio_tungstenite::connect_async(ws.as_str()).await.expect("first");
+    let _second = tokio_tungstenite::connect_async(ws.as_str()).await.expect("second");
+    let (status, body) = handshake(&ws, &[]).await.unwrap_err();
+    assert_eq!(status, 429);
+    assert!(body.contains("too many connections from 127.0.0.1 (2 open)"), "{body}");
+    // Closing one gives its place back.
+    drop(first);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while handshake(&ws, &[]).await.is_err() {
+        assert!(std::time::Instant::now() < until, "the closed connection's place came back");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
