@@ -200,6 +200,13 @@ impl Engine {
     }
 }
 
+/// One frame's codebooks from the last `max delay + 1` steps' outputs
+/// (oldest first): codebook k of the frame came out `delays[k]` steps after
+/// its first codebooks, i.e. at `recent[delays[k]]`.
+fn undelay(recent: &VecDeque<Vec<u32>>, delays: &[usize]) -> Vec<u32> {
+    delays.iter().enumerate().map(|(k, &d)| recent[d][k]).collect()
+}
+
 fn release(slot: usize, taken: &Mutex<Vec<bool>>, free: &AtomicUsize) {
     let mut taken = taken.lock().expect("slots lock");
     if std::mem::replace(&mut taken[slot], false) {
@@ -320,10 +327,9 @@ fn run(
             if s.recent.len() > max_delay + 1 {
                 s.recent.pop_front();
             }
-            // Frame f's codebook k came out at step f + audio_delay + delay_k.
             let mut chunk = None;
             if step >= config.audio_delay + max_delay && s.recent.len() == max_delay + 1 {
-                let frame: Vec<u32> = (0..c.dep_q).map(|k| s.recent[max_delay - c.delays[k + 1]][k]).collect();
+                let frame = undelay(&s.recent, &c.delays[1..=c.dep_q]);
                 chunk = Some(match codec.decode(slot, &frame) {
                     Ok(pcm) => Chunk::Audio(pcm),
                     Err(e) => Chunk::Failed(e.to_string()),
@@ -344,5 +350,19 @@ fn run(
                 release(slot, &taken, &free);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_takes_each_codebook_from_the_step_its_delay_says() {
+        // Steps t-2, t-1, t; codebook 0 undelayed, codebooks 1 and 2 two steps late.
+        let recent: VecDeque<Vec<u32>> = vec![vec![10, 11, 12], vec![20, 21, 22], vec![30, 31, 32]].into();
+        // The frame whose first codebook came out at t-2: its others came out at t.
+        assert_eq!(undelay(&recent, &[0, 2, 2]), vec![10, 31, 32]);
+        assert_eq!(undelay(&recent, &[0, 1, 2]), vec![10, 21, 32]);
     }
 }
