@@ -157,6 +157,10 @@ pub struct SessionLimits {
     /// Concurrent WebSocket connections from one IP address; more are
     /// answered 429 (0 = no limit).
     pub max_connections_per_ip: usize,
+    /// Client messages other than microphone audio, per second and session
+    /// (bursts up to `max_message_burst`); more are refused with RATE_LIMITED.
+    pub max_messages_per_s: u32,
+    pub max_message_burst: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -231,6 +235,8 @@ impl Default for SessionLimits {
             max_text_chars: 5_000,
             max_utterance_chars: 10_000,
             max_connections_per_ip: 32,
+            max_messages_per_s: 20,
+            max_message_burst: 40,
         }
     }
 }

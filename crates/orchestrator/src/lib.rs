@@ -21,6 +21,7 @@ pub mod livekit;
 pub mod metrics;
 pub mod playout;
 pub mod protocol;
+pub mod rate;
 pub mod server;
 pub mod session;
 pub mod turn;

@@ -94,7 +94,7 @@ fn default_true() -> bool {
     true
 }
 
-/// The predecessor's five codes plus `BUSY`.
+/// The predecessor's five codes plus `BUSY` and `RATE_LIMITED`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
@@ -104,6 +104,8 @@ pub enum ErrorCode {
     ConnectionError,
     InternalError,
     Busy,
+    /// Messages sent faster than `session.max_messages_per_s`; that one is dropped.
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -115,6 +117,7 @@ impl ErrorCode {
             ErrorCode::ConnectionError => "CONNECTION_ERROR",
             ErrorCode::InternalError => "INTERNAL_ERROR",
             ErrorCode::Busy => "BUSY",
+            ErrorCode::RateLimited => "RATE_LIMITED",
         }
     }
 }

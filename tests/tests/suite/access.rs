@@ -111,3 +111,46 @@ async fn connections_from_one_address_are_limited() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_flood_is_refused_and_the_session_goes_on() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let stack = Stack::start(worker_config(), |c| {
+        c.session.max_messages_per_s = 10;
+        c.session.max_message_burst = 20;
+    })
+    .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(stack.url()).await.unwrap();
+    for id in 0..60 {
+        ws.send(Message::Text(format!(r#"{{"type":"ping","id":{id}}}"#).into())).await.unwrap();
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    let until = tokio::time::Instant::now() + std::time::Duration::from_millis(800);
+    while let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout_at(until, ws.next()).await {
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        match v["type"].as_str() {
+            Some("pong") => pongs += 1,
+            Some("error") if v["code"] == "RATE_LIMITED" => {
+                limited += 1;
+                assert!(v["message"].as_str().unwrap().contains("more than 10 messages a second"));
+            }
+            _ => {}
+        }
+    }
+    assert!((20..=30).contains(&pongs), "{pongs} answered: the burst and what refilled");
+    assert_eq!(pongs + limited, 60, "every message answered or refused");
+    // The session is still there once the rate allows.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    ws.send(Message::Text(r#"{"type":"ping","id":999}"#.into())).await.unwrap();
+    loop {
+        let Some(Ok(Message::Text(t))) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await.unwrap()
+        else {
+            panic!("the session ended")
+        };
+        if t.contains("pong") && t.contains("999") {
+            break;
+        }
+    }
+}

@@ -120,6 +120,8 @@ struct Session {
     /// Audio frames sent to the client.
     sequence: u64,
     last_client_message: Instant,
+    /// Client messages other than microphone audio (which has its own flood check).
+    message_rate: crate::rate::Bucket,
     last_worker_frame: Instant,
     /// The spoken conversation, from the first microphone audio on.
     dialogue: Option<dialogue::Dialogue>,
@@ -189,6 +191,11 @@ pub async fn run_over<I, O>(
         active: BTreeMap::new(),
         sequence: 0,
         last_client_message: now,
+        message_rate: crate::rate::Bucket::new(
+            state.config.session.max_messages_per_s,
+            state.config.session.max_message_burst,
+            now.into_std(),
+        ),
         last_worker_frame: now,
         dialogue: None,
     };
@@ -355,6 +362,15 @@ impl Session {
             Message::Close(_) => return Flow::End("client_closed"),
         };
         self.last_client_message = Instant::now();
+        let audio = matches!(decoded, Ok(ClientMessage::Mic { .. } | ClientMessage::AudioIn { .. }));
+        if !audio && !self.message_rate.take(self.last_client_message.into_std()) {
+            let s = &self.state.config.session;
+            let msg = format!(
+                "more than {} messages a second (bursts of {}); this one was dropped",
+                s.max_messages_per_s, s.max_message_burst
+            );
+            return self.error(ErrorCode::RateLimited, msg);
+        }
         match decoded {
             Err(e) => self.error(ErrorCode::InvalidMessage, e.to_string()),
             Ok(ClientMessage::Text { text, is_final }) => self.on_text(text, is_final),
