@@ -274,3 +274,42 @@ pub fn worker_process(bin: &str, port: u16, config_yaml: Option<&str>, env: &[(&
         .spawn()
         .expect("the worker binary starts")
 }
+
+/// Waits (up to 20 s) until the orchestrator at `addr` has no session open
+/// (`duplex_sessions_active 0`); `what` says whose session should have ended.
+pub async fn wait_no_sessions(addr: std::net::SocketAddr, what: &str) {
+    let metrics = format!("http://{addr}/metrics");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = http_get(&metrics).await;
+        let active =
+            text.lines().find_map(|l| l.strip_prefix("duplex_sessions_active ")).unwrap_or("1").trim().to_string();
+        if active == "0" {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the session outlived {what} ({active} active)");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The user transcripts among `messages`, lowercased.
+pub fn transcripts(messages: &[ServerMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::Transcript { text, .. } => Some(text.to_lowercase()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The bot's reply text among `messages`, joined.
+pub fn reply_text(messages: &[ServerMessage]) -> String {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::Reply { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}

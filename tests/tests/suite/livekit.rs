@@ -292,22 +292,10 @@ async fn the_agent_joins_a_room_hears_alice_answers_and_leaves_when_she_goes() {
     assert!(query.contains("protocol=16") && query.contains("auto_subscribe=1"), "{query}");
 
     // Alice's spoken question and typed thanks were heard and answered.
-    let transcripts: Vec<String> = messages
-        .iter()
-        .filter_map(|m| match m {
-            ServerMessage::Transcript { text, .. } => Some(text.to_lowercase()),
-            _ => None,
-        })
-        .collect();
+    let transcripts = transcripts(&messages);
     assert!(transcripts.first().is_some_and(|t| t.contains("weather")), "{messages:?}");
     assert!(transcripts.iter().any(|t| t == "thank you."), "{transcripts:?}");
-    let reply: String = messages
-        .iter()
-        .filter_map(|m| match m {
-            ServerMessage::Reply { text, .. } => Some(text.as_str()),
-            _ => None,
-        })
-        .collect();
+    let reply = reply_text(&messages);
     assert!(reply.starts_with("You said"), "{reply:?}");
     assert!(voice.len() > 48_000, "{} samples of the agent's voice", voice.len());
     assert!(rms(&voice) > 500.0, "the agent's voice came over its track");
@@ -315,18 +303,7 @@ async fn the_agent_joins_a_room_hears_alice_answers_and_leaves_when_she_goes() {
     // Alice left: the agent left the room after its grace and its session ended.
     assert!(left, "the agent did not leave the empty room");
     sfu.await.unwrap();
-    let metrics = format!("http://{}/metrics", stack.orchestrator.addr);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = http_get(&metrics).await;
-        let active =
-            text.lines().find_map(|l| l.strip_prefix("duplex_sessions_active ")).unwrap_or("1").trim().to_string();
-        if active == "0" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the session outlived the room ({active} active)");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_no_sessions(stack.orchestrator.addr, "the room").await;
 }
 
 #[tokio::test]
@@ -471,13 +448,7 @@ async fn against_a_real_livekit_server() {
             }
         }
     }
-    let transcripts: Vec<String> = messages
-        .iter()
-        .filter_map(|m| match m {
-            ServerMessage::Transcript { text, .. } => Some(text.to_lowercase()),
-            _ => None,
-        })
-        .collect();
+    let transcripts = transcripts(&messages);
     assert!(transcripts.first().is_some_and(|t| t.contains("weather")), "{messages:?}");
     assert!(transcripts.iter().any(|t| t == "thank you."), "{transcripts:?}");
     assert!(rms(&voice) > 500.0 && voice.len() > 48_000, "the agent's voice reached alice");
@@ -485,14 +456,5 @@ async fn against_a_real_livekit_server() {
     // Alice leaves; the agent follows after its grace and its session ends.
     alice.ended.cancel();
     let _ = alice.gone.await;
-    let metrics = format!("http://{}/metrics", stack.orchestrator.addr);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = http_get(&metrics).await;
-        if text.lines().any(|l| l == "duplex_sessions_active 0") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the agent stayed in the empty room");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_no_sessions(stack.orchestrator.addr, "the empty room").await;
 }

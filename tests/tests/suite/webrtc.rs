@@ -60,38 +60,15 @@ async fn a_spoken_and_a_typed_turn_over_webrtc() {
             }
         }
     }
-    let transcripts: Vec<String> = messages
-        .iter()
-        .filter_map(|m| match m {
-            ServerMessage::Transcript { text, .. } => Some(text.to_lowercase()),
-            _ => None,
-        })
-        .collect();
+    let transcripts = transcripts(&messages);
     assert_eq!(transcripts.len(), 2, "{messages:?}");
     assert!(transcripts[0].contains("weather"), "{transcripts:?}");
     assert_eq!(transcripts[1], "thank you.");
-    let reply: String = messages
-        .iter()
-        .filter_map(|m| match m {
-            ServerMessage::Reply { text, .. } => Some(text.as_str()),
-            _ => None,
-        })
-        .collect();
+    let reply = reply_text(&messages);
     assert!(reply.starts_with("You said"), "{reply:?}");
     assert!(voice.len() > 48_000, "{} samples of the bot's voice", voice.len());
     assert!(rms(&voice) > 500.0, "the bot's voice came over the track");
     caller.hang_up().await;
     // Hanging up ends the session on the server (not only its idle timeout).
-    let metrics = format!("http://{}/metrics", stack.orchestrator.addr);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = http_get(&metrics).await;
-        let active =
-            text.lines().find_map(|l| l.strip_prefix("duplex_sessions_active ")).unwrap_or("1").trim().to_string();
-        if active == "0" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the session outlived the call ({active} active)");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_no_sessions(stack.orchestrator.addr, "the call").await;
 }
