@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use duplex_rtc::peer::{Inbound, Outbound, build_peer, hear, rtc_err};
+use duplex_rtc::peer::{Gathered, Inbound, Outbound, build_peer, hear, rtc_err};
 use duplex_rtc::voice::Voice;
 use livekit_protocol as proto;
 use livekit_signaling::{SignalClient, SignalEvent, SignalEvents, SignalOptions};
@@ -41,8 +41,6 @@ const INBOUND_QUEUE: usize = 50;
 /// Frames and messages toward the room; the session paces audio in real
 /// time, so a few suffice.
 const OUTBOUND_QUEUE: usize = 16;
-/// How long an SDP waits for its ICE candidates.
-const GATHER_WAIT: Duration = Duration::from_secs(5);
 /// How long a message waits for our data channel to open.
 const CHANNEL_WAIT: Duration = Duration::from_secs(10);
 /// The signal protocol we speak: 16 keeps the data channels in-band
@@ -97,10 +95,10 @@ pub async fn join(url: &str, token: &str, config: &AgentConfig) -> Result<Joined
 
     let ended = CancellationToken::new();
     let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
-    let (sub_gathered_tx, sub_gathered) = watch::channel(false);
+    let sub_gathered = Gathered::default();
     let subscriber = build_peer(
         Arc::new(PeerEvents {
-            gathered: sub_gathered_tx,
+            gathered: sub_gathered.clone(),
             ended: ended.clone(),
             inbound: Some(inbound_tx),
             hearing: Arc::default(),
@@ -109,10 +107,10 @@ pub async fn join(url: &str, token: &str, config: &AgentConfig) -> Result<Joined
         ice_servers.clone(),
     )
     .await?;
-    let (pub_gathered_tx, pub_gathered) = watch::channel(false);
+    let pub_gathered = Gathered::default();
     let publisher = build_peer(
         Arc::new(PeerEvents {
-            gathered: pub_gathered_tx,
+            gathered: pub_gathered.clone(),
             ended: ended.clone(),
             inbound: None,
             hearing: Arc::default(),
@@ -150,8 +148,8 @@ struct Link {
     signal: SignalClient,
     subscriber: Arc<dyn PeerConnection>,
     publisher: Arc<dyn PeerConnection>,
-    sub_gathered: watch::Receiver<bool>,
-    pub_gathered: watch::Receiver<bool>,
+    sub_gathered: Gathered,
+    pub_gathered: Gathered,
 }
 
 /// Who else is in the room (not us, not other agents), and since when it
@@ -246,7 +244,7 @@ async fn on_message(link: &mut Link, others: &mut Others, message: Response) -> 
                 .map_err(rtc_err)?;
             let answer = peer.create_answer(None).await.map_err(rtc_err)?;
             peer.set_local_description(answer).await.map_err(rtc_err)?;
-            let sdp = local_sdp(peer, &mut link.sub_gathered).await?;
+            let sdp = link.sub_gathered.local_sdp(peer).await?;
             link.signal
                 .send(Request::Answer(proto::SessionDescription {
                     r#type: "answer".into(),
@@ -261,7 +259,7 @@ async fn on_message(link: &mut Link, others: &mut Others, message: Response) -> 
             let peer = &link.publisher;
             let offer = peer.create_offer(None).await.map_err(rtc_err)?;
             peer.set_local_description(offer).await.map_err(rtc_err)?;
-            let sdp = local_sdp(peer, &mut link.pub_gathered).await?;
+            let sdp = link.pub_gathered.local_sdp(peer).await?;
             link.signal
                 .send(Request::Offer(proto::SessionDescription { r#type: "offer".into(), sdp, ..Default::default() }))
                 .await;
@@ -284,16 +282,6 @@ async fn on_message(link: &mut Link, others: &mut Others, message: Response) -> 
         _ => {}
     }
     Ok(())
-}
-
-/// The local description once its candidates are gathered (at most
-/// [`GATHER_WAIT`]; renegotiations find them gathered already).
-async fn local_sdp(
-    peer: &Arc<dyn PeerConnection>,
-    gathered: &mut watch::Receiver<bool>,
-) -> Result<String, LiveKitError> {
-    let _ = tokio::time::timeout(GATHER_WAIT, gathered.wait_for(|done| *done)).await;
-    Ok(peer.local_description().await.ok_or_else(|| rtc_err("no local description"))?.sdp)
 }
 
 /// Sends our audio on the voice track and our messages on `_reliable`.
@@ -346,7 +334,7 @@ async fn watch_open(channel: Arc<dyn DataChannel>, open: watch::Sender<bool>) {
 
 /// Events of one of our two peers.
 struct PeerEvents {
-    gathered: watch::Sender<bool>,
+    gathered: Gathered,
     ended: CancellationToken,
     /// The subscriber's: where what we hear goes.
     inbound: Option<mpsc::Sender<Inbound>>,
@@ -357,9 +345,7 @@ struct PeerEvents {
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for PeerEvents {
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
-        if state == RTCIceGatheringState::Complete {
-            let _ = self.gathered.send(true);
-        }
+        self.gathered.on_state(state);
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {

@@ -13,21 +13,19 @@ use webrtc::peer_connection::{
     PeerConnection, PeerConnectionEventHandler, RTCIceGatheringState, RTCSessionDescription,
 };
 
-use crate::peer::{Inbound, RtcError, build_peer, rtc_err};
+use crate::peer::{Gathered, Inbound, RtcError, build_peer, inbound_message, rtc_err};
 use crate::voice::Voice;
 
 #[derive(Clone)]
 struct Handler {
     heard: mpsc::Sender<Inbound>,
-    gathered: mpsc::Sender<()>,
+    gathered: Gathered,
 }
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
-        if state == RTCIceGatheringState::Complete {
-            let _ = self.gathered.try_send(());
-        }
+        self.gathered.on_state(state);
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
@@ -55,9 +53,9 @@ impl Caller {
 
     /// As [`Caller::offer`], the data channel called `label`.
     pub async fn offer_with_channel(label: &str) -> Result<(Self, String), RtcError> {
-        let (gathered_tx, mut gathered) = mpsc::channel(1);
+        let gathered = Gathered::default();
         let (heard_tx, heard) = mpsc::channel(1_024);
-        let handler = Arc::new(Handler { heard: heard_tx.clone(), gathered: gathered_tx });
+        let handler = Arc::new(Handler { heard: heard_tx.clone(), gathered: gathered.clone() });
         let peer = build_peer(handler, "127.0.0.1:0", Vec::new()).await?;
         let voice = Voice::add_to(&peer, "mic", 32_000).await?;
         let channel = peer.create_data_channel(label, None).await.map_err(rtc_err)?;
@@ -69,24 +67,14 @@ impl Caller {
                     DataChannelEvent::OnOpen => {
                         let _ = open_tx.try_send(());
                     }
-                    DataChannelEvent::OnMessage(m) => {
-                        let item = if m.is_string {
-                            Inbound::Text(String::from_utf8_lossy(&m.data).into_owned())
-                        } else {
-                            Inbound::Bytes(m.data.to_vec())
-                        };
-                        if texts.send(item).await.is_err() {
-                            return;
-                        }
-                    }
+                    DataChannelEvent::OnMessage(m) if texts.send(inbound_message(&m)).await.is_err() => return,
                     _ => {}
                 }
             }
         });
         let offer = peer.create_offer(None).await.map_err(rtc_err)?;
         peer.set_local_description(offer).await.map_err(rtc_err)?;
-        let _ = tokio::time::timeout(Duration::from_secs(5), gathered.recv()).await;
-        let sdp = peer.local_description().await.ok_or_else(|| rtc_err("no offer"))?.sdp;
+        let sdp = gathered.local_sdp(&peer).await?;
         let caller = Self { peer, voice: Mutex::new(voice), channel, heard, open: Mutex::new(open) };
         Ok((caller, sdp))
     }

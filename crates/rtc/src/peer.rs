@@ -28,6 +28,8 @@ const INBOUND_QUEUE: usize = 50;
 const OUTBOUND_QUEUE: usize = 16;
 /// How long messages wait for the caller's data channel to exist.
 const CHANNEL_WAIT: Duration = Duration::from_secs(10);
+/// How long a local description waits for its ICE candidates.
+const GATHER_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RtcError {
@@ -111,10 +113,47 @@ impl HangUp {
     }
 }
 
+/// Whether a peer has gathered its ICE candidates: told by its event
+/// handler, asked before an SDP is handed out (our SDP carries the
+/// candidates; no trickle). Renegotiations find them gathered already.
+#[derive(Clone)]
+pub struct Gathered(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Gathered {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::channel(false).0))
+    }
+}
+
+impl Gathered {
+    /// For `on_ice_gathering_state_change`.
+    pub fn on_state(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.0.send_replace(true);
+        }
+    }
+
+    /// `peer`'s local description once its candidates are gathered (at most 5 s).
+    pub async fn local_sdp(&self, peer: &Arc<dyn PeerConnection>) -> Result<String, RtcError> {
+        let mut done = self.0.subscribe();
+        let _ = tokio::time::timeout(GATHER_WAIT, done.wait_for(|d| *d)).await;
+        Ok(peer.local_description().await.ok_or_else(|| rtc_err("no local description"))?.sdp)
+    }
+}
+
+/// A data channel message as what came in: text, or bytes.
+pub fn inbound_message(msg: &webrtc::data_channel::RTCDataChannelMessage) -> Inbound {
+    if msg.is_string {
+        Inbound::Text(String::from_utf8_lossy(&msg.data).into_owned())
+    } else {
+        Inbound::Bytes(msg.data.to_vec())
+    }
+}
+
 #[derive(Clone)]
 struct Handler {
     inbound: mpsc::Sender<Inbound>,
-    gathered: mpsc::Sender<()>,
+    gathered: Gathered,
     channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>>,
     channel_ready: Arc<tokio::sync::Notify>,
     /// Cancelled when the connection fails or closes.
@@ -124,9 +163,7 @@ struct Handler {
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
-        if state == RTCIceGatheringState::Complete {
-            let _ = self.gathered.try_send(());
-        }
+        self.gathered.on_state(state);
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
@@ -147,16 +184,7 @@ impl PeerConnectionEventHandler for Handler {
         tokio::spawn(async move {
             while let Some(event) = channel.poll().await {
                 match event {
-                    DataChannelEvent::OnMessage(msg) => {
-                        let item = if msg.is_string {
-                            Inbound::Text(String::from_utf8_lossy(&msg.data).into_owned())
-                        } else {
-                            Inbound::Bytes(msg.data.to_vec())
-                        };
-                        if inbound.send(item).await.is_err() {
-                            return;
-                        }
-                    }
+                    DataChannelEvent::OnMessage(msg) if inbound.send(inbound_message(&msg)).await.is_err() => return,
                     // The caller closed its channel: it hung up.
                     DataChannelEvent::OnClose => break,
                     _ => {}
@@ -170,13 +198,13 @@ impl PeerConnectionEventHandler for Handler {
 /// Answers `offer` (SDP): returns once ICE candidates are gathered.
 pub async fn answer(offer: &str, config: &CallConfig) -> Result<Call, RtcError> {
     let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
-    let (gathered_tx, mut gathered) = mpsc::channel(1);
+    let gathered = Gathered::default();
     let channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>> = Arc::default();
     let channel_ready = Arc::new(tokio::sync::Notify::new());
     let ended = CancellationToken::new();
     let handler = Arc::new(Handler {
         inbound: inbound_tx,
-        gathered: gathered_tx,
+        gathered: gathered.clone(),
         channel: channel.clone(),
         channel_ready: channel_ready.clone(),
         ended: ended.clone(),
@@ -188,8 +216,7 @@ pub async fn answer(offer: &str, config: &CallConfig) -> Result<Call, RtcError> 
         .map_err(rtc_err)?;
     let answer = peer.create_answer(None).await.map_err(rtc_err)?;
     peer.set_local_description(answer).await.map_err(rtc_err)?;
-    let _ = tokio::time::timeout(Duration::from_secs(5), gathered.recv()).await;
-    let answer = peer.local_description().await.ok_or_else(|| rtc_err("no local description"))?.sdp;
+    let answer = gathered.local_sdp(&peer).await?;
 
     let (outbound, mut outbound_rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
     tokio::spawn(async move {
