@@ -81,21 +81,14 @@ pub fn write_random(config: MimiConfig, path: &Path) -> Result<()> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     Mimi::new(config, vb)?;
-    let mut seed = 0x5eed_u64;
+    let mut rng = crate::rng::Rng::new(0x5eed);
     for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
         let shape = var.as_tensor().dims().to_vec();
         let n: usize = shape.iter().product();
         let data: Vec<f32> = if name.contains("cluster_usage") || name.contains("_initialized") {
             vec![1.0; n]
         } else {
-            (0..n)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
-                })
-                .collect()
+            (0..n).map(|_| ((rng.uniform() - 0.5) * 0.2) as f32).collect()
         };
         var.set(&Tensor::from_vec(data, shape.as_slice(), &Device::Cpu)?)?;
     }

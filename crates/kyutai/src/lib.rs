@@ -22,6 +22,7 @@ pub mod config;
 pub mod engine;
 pub mod machine;
 pub mod model;
+mod rng;
 pub mod sampler;
 pub mod tokenizer;
 pub mod voice;

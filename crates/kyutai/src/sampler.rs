@@ -7,24 +7,16 @@ use moshi::candle::{DType, Result, Tensor};
 pub struct Sampler {
     /// `None`: greedy.
     top_k: Option<(usize, f32)>,
-    state: u64,
+    rng: crate::rng::Rng,
 }
 
 impl Sampler {
     pub fn greedy() -> Self {
-        Self { top_k: None, state: 1 }
+        Self { top_k: None, rng: crate::rng::Rng::new(1) }
     }
 
     pub fn top_k(k: usize, temperature: f32, seed: u64) -> Self {
-        Self { top_k: Some((k.max(1), temperature.max(1e-3))), state: seed | 1 }
-    }
-
-    /// xorshift64*: a uniform number in [0, 1).
-    fn uniform(&mut self) -> f32 {
-        self.state ^= self.state >> 12;
-        self.state ^= self.state << 25;
-        self.state ^= self.state >> 27;
-        ((self.state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as f32) / (1u64 << 24) as f32
+        Self { top_k: Some((k.max(1), temperature.max(1e-3))), rng: crate::rng::Rng::new(seed) }
     }
 
     /// One token per row of `logits` (rows × vocab).
@@ -41,7 +33,7 @@ impl Sampler {
             order.truncate(k);
             let top = order.iter().map(|&i| row[i]).fold(f32::NEG_INFINITY, f32::max);
             let weights: Vec<f32> = order.iter().map(|&i| ((row[i] - top) / temperature).exp()).collect();
-            let mut target = self.uniform() * weights.iter().sum::<f32>();
+            let mut target = self.rng.uniform() as f32 * weights.iter().sum::<f32>();
             let mut choice = order[k - 1];
             for (&i, &w) in order.iter().zip(&weights) {
                 if target < w {

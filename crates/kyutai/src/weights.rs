@@ -95,7 +95,7 @@ pub fn write_random(config: &Config, dir: &Path, seed: u64) -> moshi::candle::Re
 /// as the published checkpoint is stored).
 pub fn write_random_as(config: &Config, dir: &Path, seed: u64, dtype: DType) -> moshi::candle::Result<()> {
     let device = Device::Cpu;
-    let mut normal = Normal::new(seed);
+    let mut rng = crate::rng::Rng::new(seed);
     let mut tensors = HashMap::new();
     for (name, shape) in layout(config) {
         let tensor = if name.ends_with("alpha") || name.ends_with("norm_cross.weight") {
@@ -106,7 +106,7 @@ pub fn write_random_as(config: &Config, dir: &Path, seed: u64, dtype: DType) -> 
             let fan_in = *shape.last().unwrap_or(&1) as f64;
             let std = if name.contains("emb") { 1.0 } else { 1.0 / fan_in.sqrt() };
             let n: usize = shape.iter().product();
-            let data: Vec<f32> = (0..n).map(|_| normal.next() * std as f32).collect();
+            let data: Vec<f32> = (0..n).map(|_| (rng.normal() * std) as f32).collect();
             Tensor::from_vec(data, shape.as_slice(), &device)?
         };
         tensors.insert(name, tensor.to_dtype(dtype)?);
@@ -116,36 +116,4 @@ pub fn write_random_as(config: &Config, dir: &Path, seed: u64, dtype: DType) -> 
     let json = serde_json::to_string_pretty(config).map_err(moshi::candle::Error::wrap)?;
     std::fs::write(dir.join("config.json"), json)?;
     Ok(())
-}
-
-/// Standard normal numbers from a seed (xorshift64* and Box-Muller): the
-/// same weights for the same seed on every machine, which candle's CPU
-/// random generator cannot be seeded for.
-struct Normal {
-    state: u64,
-    spare: Option<f32>,
-}
-
-impl Normal {
-    fn new(seed: u64) -> Self {
-        Self { state: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1, spare: None }
-    }
-
-    fn uniform(&mut self) -> f64 {
-        self.state ^= self.state >> 12;
-        self.state ^= self.state << 25;
-        self.state ^= self.state >> 27;
-        ((self.state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    fn next(&mut self) -> f32 {
-        if let Some(z) = self.spare.take() {
-            return z;
-        }
-        let (u, v) = (self.uniform(), self.uniform());
-        let r = (-2.0 * u.ln()).sqrt();
-        let theta = std::f64::consts::TAU * v;
-        self.spare = Some((r * theta.sin()) as f32);
-        (r * theta.cos()) as f32
-    }
 }
