@@ -77,6 +77,12 @@ pub struct Denied {
     pub message: String,
 }
 
+impl axum::response::IntoResponse for Denied {
+    fn into_response(self) -> axum::response::Response {
+        (self.status, self.message).into_response()
+    }
+}
+
 fn unauthorized(message: &str) -> Denied {
     Denied { status: StatusCode::UNAUTHORIZED, message: message.into() }
 }

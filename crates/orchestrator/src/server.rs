@@ -163,7 +163,7 @@ async fn websocket(
     };
     if let Err(denied) = state.config.access.check(&headers, params.token.as_deref()) {
         state.metrics.errors.with_label_values(&["UNAUTHORIZED"]).inc();
-        return (denied.status, denied.message).into_response();
+        return denied.into_response();
     }
     let hard_limit = state.config.transport.websocket.max_message_bytes * HARD_MESSAGE_LIMIT_FACTOR;
     let format = params.audio_format.unwrap_or_default();

@@ -44,7 +44,7 @@ pub async fn offer(
     Json(offer): Json<Offer>,
 ) -> Response {
     if let Err(denied) = state.config.access.check(&headers, params.token.as_deref()) {
-        return (denied.status, denied.message).into_response();
+        return denied.into_response();
     }
     let rtc = &state.config.transport.webrtc;
     if !rtc.enabled {
