@@ -210,6 +210,17 @@ async fn stand_in_sfu(
     alice_mic.hang_up().await;
 }
 
+/// Keeps the transcripts and replies of a data message; true when it says
+/// the bot went back to listening after having replied.
+fn note(messages: &mut Vec<ServerMessage>, text: &str) -> bool {
+    let msg: ServerMessage = serde_json::from_str(text).unwrap();
+    let now_listening = matches!(&msg, ServerMessage::State { state, .. } if state == "listening");
+    if matches!(&msg, ServerMessage::Reply { .. } | ServerMessage::Transcript { .. }) {
+        messages.push(msg);
+    }
+    now_listening && messages.iter().any(|m| matches!(m, ServerMessage::Reply { .. }))
+}
+
 fn rms(x: &[i16]) -> f64 {
     (x.iter().map(|s| (*s as f64).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()
 }
@@ -260,12 +271,7 @@ async fn the_agent_joins_a_room_hears_alice_answers_and_leaves_when_she_goes() {
             Seen::Connected { authorization, query } => connected = Some((authorization, query)),
             Seen::Voice(pcm) => voice.extend(pcm),
             Seen::Said(text) => {
-                let msg: ServerMessage = serde_json::from_str(&text).unwrap();
-                let now_listening = matches!(&msg, ServerMessage::State { state, .. } if state == "listening");
-                if matches!(&msg, ServerMessage::Reply { .. } | ServerMessage::Transcript { .. }) {
-                    messages.push(msg);
-                }
-                if now_listening && messages.iter().any(|m| matches!(m, ServerMessage::Reply { .. })) {
+                if note(&mut messages, &text) {
                     listening += 1;
                     if listening == 1 {
                         type_tx.send(()).await.unwrap();
@@ -432,12 +438,7 @@ async fn against_a_real_livekit_server() {
             Inbound::Audio(pcm) => voice.extend(pcm),
             Inbound::Bytes(_) => {}
             Inbound::Text(text) => {
-                let msg: ServerMessage = serde_json::from_str(&text).unwrap();
-                let now_listening = matches!(&msg, ServerMessage::State { state, .. } if state == "listening");
-                if matches!(&msg, ServerMessage::Reply { .. } | ServerMessage::Transcript { .. }) {
-                    messages.push(msg);
-                }
-                if now_listening && messages.iter().any(|m| matches!(m, ServerMessage::Reply { .. })) {
+                if note(&mut messages, &text) {
                     if typed {
                         break;
                     }
