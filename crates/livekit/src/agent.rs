@@ -75,8 +75,14 @@ impl std::fmt::Debug for Joined {
     }
 }
 
-/// Joins the room `token` grants, on the server at `url`.
-pub async fn join(url: &str, token: &str, config: &AgentConfig) -> Result<Joined, LiveKitError> {
+/// Joins the room `token` grants, on the server at `url`. Cancelling `stop`
+/// (e.g. the server shutting down) makes the agent leave.
+pub async fn join(
+    url: &str,
+    token: &str,
+    config: &AgentConfig,
+    stop: &CancellationToken,
+) -> Result<Joined, LiveKitError> {
     let mut options = SignalOptions::default();
     options.protocol_version = PROTOCOL_VERSION;
     options.region_failover = false;
@@ -93,7 +99,7 @@ pub async fn join(url: &str, token: &str, config: &AgentConfig) -> Result<Joined
         .map(|s| RTCIceServer { urls: s.urls.clone(), username: s.username.clone(), credential: s.credential.clone() })
         .collect();
 
-    let ended = CancellationToken::new();
+    let ended = stop.child_token();
     let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
     let sub_gathered = Gathered::default();
     let subscriber = build_peer(

@@ -8,7 +8,7 @@
 //! - `POST /livekit/join` `{"room": R}` → 202 `{room, session_id}` (409 if already there)
 //! - `POST /livekit/webhook` (LiveKit's signed webhook) → joins on `participant_joined`
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
@@ -20,16 +20,15 @@ use axum::routing::{get, post};
 use duplex_livekit::agent::{AgentConfig, join};
 use duplex_livekit::token::{TokenError, Tokens};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 use crate::protocol::AudioFormat;
 use crate::server::{AppState, LiveId};
 
-/// The rooms our agent is in (or joining), each with what makes it leave.
+/// The rooms our agent is in (or joining).
 #[derive(Debug)]
 pub struct Rooms {
     tokens: Option<Tokens>,
-    joined: Mutex<HashMap<String, CancellationToken>>,
+    joined: Mutex<HashSet<String>>,
 }
 
 impl Rooms {
@@ -39,7 +38,7 @@ impl Rooms {
 
     /// The rooms the agent is in now.
     pub fn joined(&self) -> Vec<String> {
-        let mut rooms: Vec<String> = self.joined.lock().expect("rooms lock").keys().cloned().collect();
+        let mut rooms: Vec<String> = self.joined.lock().expect("rooms lock").iter().cloned().collect();
         rooms.sort();
         rooms
     }
@@ -170,13 +169,8 @@ async fn webhook(State(state): State<Arc<AppState>>, headers: HeaderMap, body: S
 /// Sends our agent into `room` and runs a session there; returns its id.
 async fn send_agent(state: Arc<AppState>, room: String) -> Result<String, Refused> {
     let token = tokens(&state)?.for_agent(&room)?;
-    let leave = CancellationToken::new();
-    {
-        let mut joined = state.livekit.joined.lock().expect("rooms lock");
-        if joined.contains_key(&room) {
-            return Err(Refused::AlreadyIn(room));
-        }
-        joined.insert(room.clone(), leave.clone());
+    if !state.livekit.joined.lock().expect("rooms lock").insert(room.clone()) {
+        return Err(Refused::AlreadyIn(room));
     }
     let forget = |state: &AppState, room: &str| {
         state.livekit.joined.lock().expect("rooms lock").remove(room);
@@ -187,7 +181,8 @@ async fn send_agent(state: Arc<AppState>, room: String) -> Result<String, Refuse
         opus_bitrate_bps: config.opus_bitrate_bps,
         empty_room_grace: std::time::Duration::from_millis(config.empty_room_grace_ms),
     };
-    let joined = match join(&config.url, &token, &agent).await {
+    // The server's shutdown makes the agent leave.
+    let joined = match join(&config.url, &token, &agent, &state.shutdown).await {
         Ok(joined) => joined,
         Err(e) => {
             forget(&state, &room);
@@ -198,27 +193,13 @@ async fn send_agent(state: Arc<AppState>, room: String) -> Result<String, Refuse
     let id = LiveId::claim(&state.live, uuid::Uuid::new_v4().to_string()).expect("a fresh UUID is not in use");
     let session_id = id.to_string();
     let ended = joined.ended.clone();
-    // Leaving (asked for, or the shutdown) ends the agent's connection.
-    let stop = (leave, state.shutdown.clone());
     let (inbound, outbound) = crate::webrtc::session_io(joined.inbound, joined.outbound, ended.clone());
     let tasks = state.tasks.clone();
     tracing::info!(%room, session = %session_id, "agent in room");
     tasks.spawn(async move {
-        let watcher = tokio::spawn({
-            let ended = ended.clone();
-            async move {
-                tokio::select! {
-                    _ = stop.0.cancelled() => {}
-                    _ = stop.1.cancelled() => {}
-                    _ = ended.cancelled() => {}
-                }
-                ended.cancel();
-            }
-        });
         crate::session::run_over(inbound, outbound, state.clone(), AudioFormat::Binary, id).await;
         ended.cancel();
         let _ = joined.gone.await;
-        watcher.abort();
         forget(&state, &room);
     });
     Ok(session_id)

@@ -409,7 +409,8 @@ async fn against_a_real_livekit_server() {
         // Alice stays whoever else is there.
         empty_room_grace: Duration::from_secs(3_600),
     };
-    let mut alice = duplex_livekit::agent::join(&url, &alice_token, &alice_config).await.expect("alice joins");
+    let mut alice =
+        duplex_livekit::agent::join(&url, &alice_token, &alice_config, &Default::default()).await.expect("alice joins");
     let _ = rustls::crypto::ring::default_provider().install_default();
     let join = reqwest::Client::new()
         .post(format!("http://{}/livekit/join", stack.orchestrator.addr))
