@@ -13,7 +13,7 @@
 //! queueing without bound.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -114,7 +114,6 @@ impl Drop for Stream {
 pub struct Engine {
     commands: SyncSender<Open>,
     taken: Arc<Mutex<Vec<bool>>>,
-    free: Arc<AtomicUsize>,
     batch: usize,
 }
 
@@ -163,17 +162,16 @@ impl Engine {
         let batch = model.batch();
         let (commands, commands_rx) = sync_channel(COMMAND_QUEUE);
         let taken = Arc::new(Mutex::new(vec![false; batch]));
-        let free = Arc::new(AtomicUsize::new(batch));
-        let (thread_taken, thread_free) = (taken.clone(), free.clone());
+        let thread_taken = taken.clone();
         std::thread::Builder::new().name("kyutai-tts".into()).spawn(move || {
-            run(model, codec, config, commands_rx, thread_taken, thread_free);
+            run(model, codec, config, commands_rx, thread_taken);
         })?;
-        Ok(Self { commands, taken, free, batch })
+        Ok(Self { commands, taken, batch })
     }
 
     /// Slots free now (advertised in the worker's registration).
     pub fn free_slots(&self) -> usize {
-        self.free.load(Ordering::SeqCst)
+        self.taken.lock().expect("slots lock").iter().filter(|t| !**t).count()
     }
 
     pub fn batch(&self) -> usize {
@@ -186,7 +184,6 @@ impl Engine {
             let mut taken = self.taken.lock().expect("slots lock");
             let slot = taken.iter().position(|t| !t).ok_or(EngineError::Busy)?;
             taken[slot] = true;
-            self.free.fetch_sub(1, Ordering::SeqCst);
             slot
         };
         let (input, input_rx) = sync_channel(WORD_QUEUE);
@@ -207,11 +204,8 @@ fn undelay(recent: &VecDeque<Vec<u32>>, delays: &[usize]) -> Vec<u32> {
     delays.iter().enumerate().map(|(k, &d)| recent[d][k]).collect()
 }
 
-fn release(slot: usize, taken: &Mutex<Vec<bool>>, free: &AtomicUsize) {
-    let mut taken = taken.lock().expect("slots lock");
-    if std::mem::replace(&mut taken[slot], false) {
-        free.fetch_add(1, Ordering::SeqCst);
-    }
+fn release(slot: usize, taken: &Mutex<Vec<bool>>) {
+    taken.lock().expect("slots lock")[slot] = false;
 }
 
 fn run(
@@ -220,7 +214,6 @@ fn run(
     mut config: EngineConfig,
     commands: Receiver<Open>,
     taken: Arc<Mutex<Vec<bool>>>,
-    free: Arc<AtomicUsize>,
 ) {
     let c = model.config().clone();
     let ids = TextTokens::for_text_card(c.text_card);
@@ -250,7 +243,7 @@ fn run(
                 }
                 Err(e) => {
                     let _ = open.output.try_send(Chunk::Failed(e.to_string()));
-                    release(open.slot, &taken, &free);
+                    release(open.slot, &taken);
                 }
             }
             continue;
@@ -264,7 +257,7 @@ fn run(
             let Some(s) = entry else { continue };
             if s.cancel.load(Ordering::SeqCst) {
                 *entry = None;
-                release(slot, &taken, &free);
+                release(slot, &taken);
                 continue;
             }
             while let Ok(input) = s.input.try_recv() {
@@ -276,7 +269,7 @@ fn run(
             s.deliver();
             if s.finished && s.pending.is_empty() {
                 *entry = None;
-                release(slot, &taken, &free);
+                release(slot, &taken);
                 continue;
             }
             active[slot] = s.pending.is_empty() && !s.finished;
@@ -306,7 +299,7 @@ fn run(
                 for (slot, entry) in sessions.iter_mut().enumerate() {
                     if let Some(s) = entry.take() {
                         let _ = s.output.try_send(Chunk::Failed(e.to_string()));
-                        release(slot, &taken, &free);
+                        release(slot, &taken);
                     }
                 }
                 continue;
@@ -347,7 +340,7 @@ fn run(
             s.deliver();
             if s.finished && s.pending.is_empty() {
                 *entry = None;
-                release(slot, &taken, &free);
+                release(slot, &taken);
             }
         }
     }
