@@ -8,6 +8,7 @@
 //!   backbone with per-slot positions and voices, then the depth transformer
 //!   generating the step's codebooks.
 //! - [`codec`]: the Mimi decoder (moshi's), codebooks → 80 ms of 24 kHz audio per slot.
+//! - [`files`]: the release's files, from a directory or a Hugging Face repo.
 //! - [`tokenizer`]: the SentencePiece unigram tokenizer, read from its `.model` file.
 //! - [`machine`]: which text token each step feeds (words as the model asks for them).
 //! - [`engine`]: the model thread stepping every session's slot; Busy when full.
@@ -20,6 +21,7 @@ pub mod bench;
 pub mod codec;
 pub mod config;
 pub mod engine;
+pub mod files;
 pub mod machine;
 pub mod model;
 mod rng;
@@ -39,6 +41,10 @@ pub use sampler::Sampler;
 pub enum KyutaiError {
     #[error("model config: {0}")]
     Config(String),
+    #[error("{what} is missing: {path}")]
+    Missing { what: String, path: std::path::PathBuf },
+    #[error("fetching {file} from the Hugging Face repo {repo}: {reason}")]
+    Fetch { repo: String, file: String, reason: String },
     #[error("reading {path}: {source}")]
     Io { path: std::path::PathBuf, source: std::io::Error },
     #[error("model: {0}")]

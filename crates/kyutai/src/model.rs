@@ -129,18 +129,26 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<T
 }
 
 impl Model {
-    /// Loads `dir/model.safetensors` with `dir/config.json` for `batch` slots.
+    /// Loads the release in `dir` (`config.json` and the checkpoint it
+    /// names) for `batch` slots.
     pub fn load(dir: &Path, batch: usize, device: &Device) -> std::result::Result<Self, crate::KyutaiError> {
-        let read = |name: &str| {
-            let path = dir.join(name);
-            std::fs::read(&path).map_err(|source| crate::KyutaiError::Io { path, source })
-        };
+        Self::load_release(&crate::files::Release::local(dir)?, batch, device)
+    }
+
+    /// Loads `release`'s config and checkpoint for `batch` slots.
+    pub fn load_release(
+        release: &crate::files::Release,
+        batch: usize,
+        device: &Device,
+    ) -> std::result::Result<Self, crate::KyutaiError> {
+        let read =
+            |path: &Path| std::fs::read(path).map_err(|source| crate::KyutaiError::Io { path: path.into(), source });
         let config: Config =
-            serde_json::from_slice(&read("config.json")?).map_err(|e| crate::KyutaiError::Config(e.to_string()))?;
+            serde_json::from_slice(&read(&release.config)?).map_err(|e| crate::KyutaiError::Config(e.to_string()))?;
         config.check().map_err(crate::KyutaiError::Config)?;
         let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
         // Read whole (no mmap: this workspace has no unsafe code); 3.7 GB at full size.
-        let bytes = read("model.safetensors")?;
+        let bytes = read(&release.weights)?;
         let vb = VarBuilder::from_buffered_safetensors(bytes, dtype, device)?;
         Ok(Self::new(config, vb, batch, device)?)
     }

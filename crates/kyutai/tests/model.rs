@@ -128,6 +128,7 @@ fn a_broken_checkpoint_names_what_is_wrong() {
     let err = Model::load(dir.path(), 1, &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("model.safetensors") && err.contains(&dir.path().display().to_string()), "{err}");
 
+    std::fs::write(dir.path().join("model.safetensors"), b"").unwrap();
     std::fs::write(dir.path().join("config.json"), "{\"dim\": 4}").unwrap();
     let err = Model::load(dir.path(), 1, &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("model config"), "{err}");

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use duplex_kyutai::codec::{self, Codec};
 use duplex_kyutai::engine::{Chunk, Engine as Batch, EngineConfig as BatchConfig, EngineError as BatchError, Stream};
+use duplex_kyutai::files::{self, Hub, Release, Source};
 use duplex_kyutai::machine::MachineConfig;
 use duplex_kyutai::moshi_candle::{Device, Tensor};
 use duplex_kyutai::tokenizer::Tokenizer;
@@ -27,14 +28,29 @@ const POLL: Duration = Duration::from_millis(5);
 #[serde(deny_unknown_fields)]
 pub struct KyutaiConfig {
     pub model_id: String,
-    /// `config.json` and `model.safetensors` of the language model.
-    pub model_dir: PathBuf,
-    /// The Mimi codec's safetensors.
-    pub codec: PathBuf,
-    /// The SentencePiece `.model` file.
-    pub tokenizer: PathBuf,
-    /// Voice files (`<name>.safetensors`, Kyutai's format); the file name is the voice.
-    pub voices_dir: PathBuf,
+    /// Kyutai's release: a directory holding `config.json` and the files it
+    /// names, or `hf://owner/name` to fetch it from Hugging Face.
+    pub model_dir: String,
+    /// The Mimi codec's safetensors, where `config.json` names none.
+    #[serde(default)]
+    pub codec: Option<PathBuf>,
+    /// The SentencePiece `.model` file, where `config.json` names none.
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
+    /// Voice files: a directory (every voice file under it) or
+    /// `hf://kyutai/tts-voices` (the voices listed in `voices`).
+    pub voices_dir: String,
+    /// Voices that must be there (fetched from a hub repo); `default_voice` is one.
+    #[serde(default)]
+    pub voices: Vec<String>,
+    /// What follows a voice's name in its file name.
+    #[serde(default = "default_voice_suffix")]
+    pub voice_suffix: String,
+    /// Hugging Face endpoint and cache (default: `HF_ENDPOINT`, `HF_HOME`, huggingface.co).
+    #[serde(default)]
+    pub hf_endpoint: Option<String>,
+    #[serde(default)]
+    pub hf_cache_dir: Option<PathBuf>,
     pub default_voice: String,
     /// Sessions served at once (the batch).
     #[serde(default = "default_slots")]
@@ -60,6 +76,9 @@ pub struct KyutaiConfig {
     pub cfg_bin: u32,
 }
 
+fn default_voice_suffix() -> String {
+    ".1e68beda@240.safetensors".into()
+}
 fn default_slots() -> usize {
     16
 }
@@ -109,7 +128,10 @@ impl Shared {
                 return Err(EngineError::InvalidOption { name: "device", reason: format!("{other:?}: cuda or cpu") });
             }
         };
-        let model = Model::load(&c.model_dir, c.slots, &device).map_err(|e| failed("loading the model", e))?;
+        let hub =
+            Hub::new(c.hf_endpoint.as_deref(), c.hf_cache_dir.as_deref()).map_err(|e| failed("Hugging Face", e))?;
+        let release = Release::resolve(&Source::parse(&c.model_dir), &hub).map_err(|e| failed("the model", e))?;
+        let model = Model::load_release(&release, c.slots, &device).map_err(|e| failed("loading the model", e))?;
         let config = model.config().clone();
         let codec_config = match c.codec_shape.as_str() {
             "published" => codec::published_config(config.dep_q),
@@ -121,20 +143,27 @@ impl Shared {
                 });
             }
         };
-        let codec =
-            Codec::load_with(codec_config, &c.codec, c.slots, &device).map_err(|e| failed("loading the codec", e))?;
-        let tokenizer = Tokenizer::load(&c.tokenizer).map_err(|e| failed("loading the tokenizer", e))?;
+        let named = |given: &Option<PathBuf>, named: &Option<PathBuf>, what: &str| {
+            given
+                .clone()
+                .or_else(|| named.clone())
+                .ok_or_else(|| failed(what, format!("{}'s config.json names none; set `{what}`", c.model_dir)))
+        };
+        let codec_path = named(&c.codec, &release.codec, "codec")?;
+        let tokenizer_path = named(&c.tokenizer, &release.tokenizer, "tokenizer")?;
+        let codec = Codec::load_with(codec_config, &codec_path, c.slots, &device)
+            .map_err(|e| failed("loading the codec", e))?;
+        let tokenizer = Tokenizer::load(&tokenizer_path).map_err(|e| failed("loading the tokenizer", e))?;
+        let mut wanted = c.voices.clone();
+        if !wanted.contains(&c.default_voice) {
+            wanted.push(c.default_voice.clone());
+        }
+        let files = files::voices(&Source::parse(&c.voices_dir), &hub, &wanted, &c.voice_suffix)
+            .map_err(|e| failed("voices", e))?;
         let mut voices = HashMap::new();
-        let entries = std::fs::read_dir(&c.voices_dir)
-            .map_err(|e| failed(&format!("voices in {}", c.voices_dir.display()), e))?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_some_and(|x| x == "safetensors") {
-                let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
-                let voice =
-                    duplex_kyutai::voice::load(&path, &config).map_err(|e| failed(&format!("voice {name}"), e))?;
-                voices.insert(name, voice);
-            }
+        for (name, path) in files {
+            let voice = duplex_kyutai::voice::load(&path, &config).map_err(|e| failed(&format!("voice {name}"), e))?;
+            voices.insert(name, voice);
         }
         if !voices.contains_key(&c.default_voice) {
             return Err(EngineError::VoiceNotFound(c.default_voice.clone()));

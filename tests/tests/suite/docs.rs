@@ -75,6 +75,7 @@ fn env_variables_agree_between_code_docs_and_compose() {
         ["WORKER_CONFIG", "ORCHESTRATOR_CONFIG", "DUPLEX_ASSETS"].map(String::from).into();
     known.extend(duplex_worker::config::ENV_OVERRIDES.iter().map(|(k, _)| k.to_string()));
     known.extend(duplex_orchestrator::config::ENV_OVERRIDES.iter().map(|(k, _)| k.to_string()));
+    known.extend(duplex_kyutai::files::HUB_ENV.map(String::from));
     assert_eq!(documented_env, known, "env vars in docs/CONFIG.md vs the code");
 
     let compose: serde_yaml::Value = serde_yaml::from_str(&repo("docker-compose.yml")).unwrap();
