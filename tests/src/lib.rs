@@ -15,6 +15,7 @@ pub use duplex_cli::client;
 pub mod browser;
 pub mod chat;
 pub mod hub;
+pub mod pki;
 pub mod routing;
 pub mod speech;
 

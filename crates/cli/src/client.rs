@@ -53,6 +53,16 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Connects; `format` is requested in the URL (`?audio_format=`).
     pub async fn connect(url: &str, format: AudioFormat) -> Result<Self, ClientError> {
+        Self::connect_with(url, format, None).await
+    }
+
+    /// [`Client::connect`], trusting (and presenting) what `tls` says for
+    /// `wss://` URLs instead of the system's roots.
+    pub async fn connect_with(
+        url: &str,
+        format: AudioFormat,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, ClientError> {
         let sep = if url.contains('?') { '&' } else { '?' };
         let name = match format {
             AudioFormat::Json => "json",
@@ -60,7 +70,8 @@ impl Client {
         };
         let full = format!("{url}{sep}audio_format={name}");
         // Controls must not wait behind Nagle's algorithm.
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(&full, None, true)
+        let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(&full, None, true, connector)
             .await
             .map_err(|source| ClientError::Connect { url: full.clone(), source })?;
         Ok(Self { ws })

@@ -2,6 +2,8 @@
 //! config (with `deny_unknown_fields`); this crate reads the YAML, names the
 //! file in errors and parses environment overrides in one way.
 
+pub mod tls;
+
 use std::path::Path;
 
 use duplex_telemetry::LogConfig;

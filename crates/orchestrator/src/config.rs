@@ -104,6 +104,9 @@ pub struct WebSocketConfig {
     pub port: u16,
     /// Largest client message answered normally; larger ones get INVALID_MESSAGE.
     pub max_message_bytes: usize,
+    /// HTTPS/WSS on this port (off while `tls.cert_file` is empty;
+    /// `tls.client_ca_file` = clients must present a certificate).
+    pub tls: duplex_config::tls::ServerTls,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +134,8 @@ pub struct Routing {
     pub session_start_timeout_ms: u64,
     /// No frame for this long while an utterance is playing = worker unavailable.
     pub stall_timeout_ms: u64,
+    /// TLS to workers (off while `tls.ca_file` is empty; `cert_file`/`key_file` = mutual TLS).
+    pub tls: duplex_config::tls::ClientTls,
     /// How long `routing:affinity:<session_id>` outlives a session's last
     /// stream: a client reconnecting with its session id within it returns
     /// to the same worker.
@@ -191,7 +196,12 @@ impl Default for Config {
 impl Default for Transport {
     fn default() -> Self {
         Self {
-            websocket: WebSocketConfig { host: "0.0.0.0".into(), port: 8080, max_message_bytes: 64 * 1024 },
+            websocket: WebSocketConfig {
+                host: "0.0.0.0".into(),
+                port: 8080,
+                max_message_bytes: 64 * 1024,
+                tls: Default::default(),
+            },
             webrtc: WebRtcConfig::default(),
             livekit: duplex_livekit::LiveKitConfig::default(),
         }
@@ -221,6 +231,7 @@ impl Default for Routing {
             session_start_timeout_ms: 15_000,
             stall_timeout_ms: 5_000,
             affinity_ttl_ms: 3_600_000,
+            tls: Default::default(),
             max_failovers: 2,
         }
     }
@@ -377,6 +388,8 @@ impl Config {
         if self.playout.queue_frames == 0 {
             return Err(ConfigError::Invalid("playout.queue_frames must be > 0".into()));
         }
+        self.transport.websocket.tls.validate("transport.websocket.tls")?;
+        self.routing.tls.validate("routing.tls")?;
         if self.transport.websocket.max_message_bytes < 1024 {
             return Err(ConfigError::Invalid("transport.websocket.max_message_bytes must be >= 1024".into()));
         }

@@ -10,6 +10,7 @@
 //! - [`worker`]: the gRPC client side (shared connection, per-session stream).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`server`]: routes, probes, graceful shutdown.
+//! - `tls`: HTTPS/WSS on the main port.
 //! - [`web`]: the browser page and the voices it offers.
 //! - [`webrtc`]: the WebRTC transport (offer/answer, a session over the call).
 
@@ -24,6 +25,7 @@ pub mod protocol;
 pub mod rate;
 pub mod server;
 pub mod session;
+mod tls;
 pub mod turn;
 pub mod web;
 pub mod webrtc;

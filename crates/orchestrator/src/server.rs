@@ -257,6 +257,8 @@ pub async fn serve(
             .unwrap_or_else(|_| crate::conversation::Parts::none("loading the conversation models panicked"))
     };
     let config_livekit = config.transport.livekit.clone();
+    let tls = config.transport.websocket.tls.clone();
+    let tls = if tls.enabled() { Some(tls.rustls()?) } else { None };
     let state = Arc::new(AppState {
         pool: Arc::new(WorkerPool::new(&config.routing)?),
         session_slots: Arc::new(Semaphore::new(config.session.max_sessions)),
@@ -283,19 +285,27 @@ pub async fn serve(
         workers = %state.pool.describe(),
         "orchestrator listening"
     );
-    // Audio frames are small writes 20 ms apart: without TCP_NODELAY, Nagle
-    // holds each behind the previous one's (delayed) ACK for up to 40 ms.
-    let main = main.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let probe_server = probe.map(|listener| {
         let app = probes().with_state(state.clone());
         let stop = shutdown.clone();
         tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await })
     });
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    let main_server = axum::serve(main, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let main_server = tokio::spawn(async move { main_server.await });
+    let stop = shutdown.clone().cancelled_owned();
+    let main_server = match tls {
+        Some(tls) => {
+            let listener = crate::tls::listen(main, tls).map_err(ServeError::Serve)?.tap_io(|_| {});
+            tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stop).into_future())
+        }
+        None => {
+            // Audio frames are small writes 20 ms apart: without TCP_NODELAY, Nagle
+            // holds each behind the previous one's (delayed) ACK for up to 40 ms.
+            let listener = main.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stop).into_future())
+        }
+    };
 
     shutdown.cancelled().await;
     tracing::info!(sessions = state.metrics.sessions_active.get(), "shutting down; closing sessions");

@@ -91,6 +91,7 @@ enum Source {
 pub struct WorkerPool {
     source: Source,
     timeout: Duration,
+    dial: Dial,
     start_timeout: Duration,
     default_model: String,
 }
@@ -101,10 +102,48 @@ impl std::fmt::Debug for WorkerPool {
     }
 }
 
-fn endpoint(uri: String, timeout: Duration) -> Result<Channel, ConfigError> {
-    Ok(Endpoint::from_shared(uri)
-        .map_err(|e| ConfigError::Invalid(format!("worker address: {e}")))?
-        .connect_timeout(timeout)
+/// How workers are dialled: the connect timeout, and TLS when `routing.tls` is on.
+#[derive(Clone)]
+struct Dial {
+    timeout: Duration,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+impl Dial {
+    fn new(routing: &Routing) -> Result<Self, ConfigError> {
+        use duplex_config::tls::read_pem;
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let t = &routing.tls;
+        let tls = if t.enabled() {
+            let mut c = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem(&t.ca_file, "TLS CA")?));
+            if !t.cert_file.as_os_str().is_empty() {
+                c = c.identity(Identity::from_pem(
+                    read_pem(&t.cert_file, "TLS certificate")?,
+                    read_pem(&t.key_file, "TLS key")?,
+                ));
+            }
+            if !t.domain_name.is_empty() {
+                c = c.domain_name(t.domain_name.clone());
+            }
+            Some(c)
+        } else {
+            None
+        };
+        Ok(Self { timeout: Duration::from_millis(routing.connect_timeout_ms), tls })
+    }
+}
+
+fn endpoint(uri: String, dial: &Dial) -> Result<Channel, ConfigError> {
+    let uri = match (&dial.tls, uri.strip_prefix("http://")) {
+        (Some(_), Some(rest)) => format!("https://{rest}"),
+        _ => uri,
+    };
+    let mut endpoint = Endpoint::from_shared(uri).map_err(|e| ConfigError::Invalid(format!("worker address: {e}")))?;
+    if let Some(tls) = &dial.tls {
+        endpoint = endpoint.tls_config(tls.clone()).map_err(|e| ConfigError::Invalid(format!("routing.tls: {e}")))?;
+    }
+    Ok(endpoint
+        .connect_timeout(dial.timeout)
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
@@ -121,11 +160,12 @@ fn unix_now() -> f64 {
 impl WorkerPool {
     /// Must be called inside the runtime (the registry watcher is a task).
     pub fn new(routing: &Routing) -> Result<Self, ConfigError> {
-        let timeout = Duration::from_millis(routing.connect_timeout_ms);
+        let dial = Dial::new(routing)?;
+        let timeout = dial.timeout;
         let source = if routing.redis_url.is_empty() {
             let uri = worker_uri(&routing.static_worker_addr)?;
             let addr = routing.static_worker_addr.clone();
-            Source::Static(WorkerRef { name: addr.clone(), addr, channel: endpoint(uri, timeout)? })
+            Source::Static(WorkerRef { name: addr.clone(), addr, channel: endpoint(uri, &dial)? })
         } else {
             let stop = CancellationToken::new();
             let every = Duration::from_millis(routing.resync_ms);
@@ -133,7 +173,8 @@ impl WorkerPool {
                 .map_err(|e| ConfigError::Invalid(format!("routing.redis_url {:?}: {e}", routing.redis_url)))?;
             let channels: Arc<Mutex<HashMap<String, Channel>>> = Arc::default();
             let unhealthy: Arc<Mutex<HashSet<String>>> = Arc::default();
-            let health = check_health(view.clone(), channels.clone(), unhealthy.clone(), every, timeout, stop.clone());
+            let health =
+                check_health(view.clone(), channels.clone(), unhealthy.clone(), every, dial.clone(), stop.clone());
             tokio::spawn(health);
             let affinity = Affinity::new(&routing.redis_url, Duration::from_millis(routing.affinity_ttl_ms))
                 .map_err(|e| ConfigError::Invalid(format!("routing.redis_url {:?}: {e}", routing.redis_url)))?;
@@ -150,6 +191,7 @@ impl WorkerPool {
         Ok(Self {
             source,
             timeout,
+            dial,
             start_timeout: Duration::from_millis(routing.session_start_timeout_ms),
             default_model: routing.default_model.clone(),
         })
@@ -266,7 +308,7 @@ impl WorkerPool {
                 let want = Want { model, language: route.language.as_deref(), affinity };
                 let w: &WorkerRecord = duplex_discovery::select(&workers, &want, &ours_now, &is_down)?;
                 let channel =
-                    channel_for(channels, &w.addr, self.timeout).map_err(|e| WorkerError::Refused(e.to_string()))?;
+                    channel_for(channels, &w.addr, &self.dial).map_err(|e| WorkerError::Refused(e.to_string()))?;
                 let load = !duplex_discovery::is_resident(w, model);
                 Ok((WorkerRef { name: w.name.clone(), addr: w.addr.clone(), channel }, load))
             }
@@ -369,32 +411,29 @@ impl WorkerPool {
 }
 
 /// The shared connection to `addr`, created on first use.
-fn channel_for(
-    channels: &Mutex<HashMap<String, Channel>>,
-    addr: &str,
-    timeout: Duration,
-) -> Result<Channel, ConfigError> {
+fn channel_for(channels: &Mutex<HashMap<String, Channel>>, addr: &str, dial: &Dial) -> Result<Channel, ConfigError> {
     let mut channels = channels.lock().expect("pool lock");
     if let Some(c) = channels.get(addr) {
         return Ok(c.clone());
     }
-    let c = endpoint(worker_uri(addr)?, timeout)?;
+    let c = endpoint(worker_uri(addr)?, dial)?;
     channels.insert(addr.to_string(), c.clone());
     Ok(c)
 }
 
 /// Every `every`, asks each registered worker for its gRPC health (all at
-/// once, each bounded by `timeout`); those not SERVING are skipped by
+/// once, each bounded by the connect timeout); those not SERVING are skipped by
 /// selection until they are again.
 async fn check_health(
     view: View,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     unhealthy: Arc<Mutex<HashSet<String>>>,
     every: Duration,
-    timeout: Duration,
+    dial: Dial,
     stop: CancellationToken,
 ) {
     use tonic_health::pb::health_check_response::ServingStatus;
+    let timeout = dial.timeout;
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -404,7 +443,7 @@ async fn check_health(
         }
         let mut checks = tokio::task::JoinSet::new();
         for w in view.workers() {
-            let Ok(channel) = channel_for(&channels, &w.addr, timeout) else { continue };
+            let Ok(channel) = channel_for(&channels, &w.addr, &dial) else { continue };
             checks.spawn(async move {
                 let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
                 let req = tonic_health::pb::HealthCheckRequest { service: "tts.TTSService".into() };

@@ -43,6 +43,8 @@ pub struct Config {
 pub struct GrpcConfig {
     pub host: String,
     pub port: u16,
+    /// TLS for gRPC (off while `tls.cert_file` is empty); `tls.client_ca_file` = mutual TLS.
+    pub tls: duplex_config::tls::ServerTls,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,7 +98,7 @@ impl Default for Config {
 
 impl Default for GrpcConfig {
     fn default() -> Self {
-        Self { host: "0.0.0.0".into(), port: 7001 }
+        Self { host: "0.0.0.0".into(), port: 7001, tls: Default::default() }
     }
 }
 
@@ -178,6 +180,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.grpc.tls.validate("grpc.tls")?;
         let known = |id: &str| self.models.iter().any(|m| m.model_id() == id);
         let r = &self.registry;
         if r.enabled() && (r.heartbeat_ms == 0 || r.heartbeat_ms >= r.ttl_ms) {

@@ -28,8 +28,26 @@ pub enum ServeError {
     Preload(#[from] crate::models::ModelError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Config(#[from] duplex_config::ConfigError),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// tonic's TLS settings for `tls`, reading its files now; `None` when off.
+fn grpc_tls(tls: &duplex_config::tls::ServerTls) -> Result<Option<tonic::transport::ServerTlsConfig>, ServeError> {
+    use duplex_config::tls::read_pem;
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    if !tls.enabled() {
+        return Ok(None);
+    }
+    let identity =
+        Identity::from_pem(read_pem(&tls.cert_file, "TLS certificate")?, read_pem(&tls.key_file, "TLS key")?);
+    let mut config = ServerTlsConfig::new().identity(identity);
+    if tls.mutual() {
+        config = config.client_ca_root(Certificate::from_pem(read_pem(&tls.client_ca_file, "TLS client CA")?));
+    }
+    Ok(Some(config))
 }
 
 /// Binds the configured address and serves until `shutdown` is cancelled.
@@ -99,7 +117,11 @@ pub async fn serve(
 
     // Closed after the streams are drained; the server then finishes open requests and exits.
     let server_stop = CancellationToken::new();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = grpc_tls(&state.config.grpc.tls)? {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .tcp_nodelay(true)
         .add_service(health)
         .add_service(reflection_v1)

@@ -18,6 +18,7 @@ mod processes;
 mod registry;
 mod reply;
 mod routing;
+mod tls;
 mod traces;
 mod webrtc;
 mod websocket;
