@@ -48,6 +48,12 @@ test-integration:
 # LiveKit tests against a real LiveKit server: `docker compose up -d livekit` on this host, or set
 # LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET. Without a server the end-to-end test fails here
 # (in `just test` it is skipped, with a message, when LIVEKIT_URL is unset).
+# The fault-injection suite alone (also part of `just test`): workers SIGKILLed and
+# SIGSTOPped mid-utterance and SIGTERMed, Redis restarted, clients that stop reading,
+# go silent or never finish a request or TLS handshake, floods, the server's shutdown.
+test-faults: deps assets
+    cargo nextest run -p duplex-tests --no-fail-fast -E 'test(/^(processes|failover|faults)::/) | test(/flood|shutdown_tells|idle_session/)'
+
 test-livekit: assets
     LIVEKIT_URL="${LIVEKIT_URL:-ws://127.0.0.1:7880}" \
     LIVEKIT_API_KEY="${LIVEKIT_API_KEY:-devkey}" \

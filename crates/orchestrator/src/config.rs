@@ -153,6 +153,9 @@ pub struct SessionLimits {
     pub max_sessions: usize,
     /// A session with no client message and nothing playing for this long is closed.
     pub idle_timeout_ms: u64,
+    /// WebSocket sessions are pinged this often; one whose client answers
+    /// nothing (no pong, no message) for two periods is closed (0 = off).
+    pub keepalive_ms: u64,
     pub max_duration_ms: u64,
     /// Characters in one text message.
     pub max_text_chars: usize,
@@ -242,6 +245,7 @@ impl Default for SessionLimits {
         Self {
             max_sessions: 1_000,
             idle_timeout_ms: 300_000,
+            keepalive_ms: 15_000,
             max_duration_ms: 3_600_000,
             max_text_chars: 5_000,
             max_utterance_chars: 10_000,

@@ -10,13 +10,14 @@
 //! - [`worker`]: the gRPC client side (shared connection, per-session stream).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`server`]: routes, probes, graceful shutdown.
-//! - `tls`: HTTPS/WSS on the main port.
+//! - `http`: the main port's server (header and TLS handshake deadlines, HTTPS/WSS).
 //! - [`web`]: the browser page and the voices it offers.
 //! - [`webrtc`]: the WebRTC transport (offer/answer, a session over the call).
 
 pub mod access;
 pub mod config;
 pub mod conversation;
+mod http;
 mod link;
 pub mod livekit;
 pub mod metrics;
@@ -25,7 +26,6 @@ pub mod protocol;
 pub mod rate;
 pub mod server;
 pub mod session;
-mod tls;
 pub mod turn;
 pub mod web;
 pub mod webrtc;

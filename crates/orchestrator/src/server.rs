@@ -14,7 +14,6 @@ use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -288,24 +287,9 @@ pub async fn serve(
     let probe_server = probe.map(|listener| {
         let app = probes().with_state(state.clone());
         let stop = shutdown.clone();
-        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await })
+        tokio::spawn(crate::http::serve(listener, app, None, stop))
     });
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    let stop = shutdown.clone().cancelled_owned();
-    let main_server = match tls {
-        Some(tls) => {
-            let listener = crate::tls::listen(main, tls).map_err(ServeError::Serve)?.tap_io(|_| {});
-            tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stop).into_future())
-        }
-        None => {
-            // Audio frames are small writes 20 ms apart: without TCP_NODELAY, Nagle
-            // holds each behind the previous one's (delayed) ACK for up to 40 ms.
-            let listener = main.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stop).into_future())
-        }
-    };
+    let main_server = tokio::spawn(crate::http::serve(main, app, tls, shutdown.clone()));
 
     shutdown.cancelled().await;
     tracing::info!(sessions = state.metrics.sessions_active.get(), "shutting down; closing sessions");

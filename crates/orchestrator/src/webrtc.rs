@@ -67,7 +67,7 @@ pub async fn offer(
     let (inbound, outbound) = session_io(inbound, outbound, ended);
     let tasks = state.tasks.clone();
     tasks.spawn(async move {
-        crate::session::run_over(inbound, outbound, state, AudioFormat::Binary, id).await;
+        crate::session::run_over(inbound, outbound, state, AudioFormat::Binary, id, None).await;
         hangup.close().await;
     });
     Json(Answer { sdp: answer, session_id }).into_response()

@@ -8,6 +8,7 @@ mod browser;
 mod conversation;
 mod docs;
 mod failover;
+mod faults;
 mod hearing;
 mod kyutai;
 mod livekit;

@@ -120,6 +120,9 @@ struct Session {
     /// Audio frames sent to the client.
     sequence: u64,
     last_client_message: Instant,
+    /// Anything from the client, pongs included (the keepalive's evidence of life).
+    last_heard: Instant,
+    keepalive: Option<Duration>,
     /// Client messages other than microphone audio (which has its own flood check).
     message_rate: crate::rate::Bucket,
     last_worker_frame: Instant,
@@ -131,19 +134,24 @@ struct Session {
 /// URL (a client reconnecting names its earlier session to return to its worker).
 pub async fn run(socket: WebSocket, state: Arc<AppState>, audio_format: AudioFormat, id: crate::server::LiveId) {
     let (ws_tx, ws_rx) = socket.split();
-    run_over(ws_rx, ws_tx, state, audio_format, id).await
+    let keepalive = Some(Duration::from_millis(state.config.session.keepalive_ms)).filter(|k| !k.is_zero());
+    run_over(ws_rx, ws_tx, state, audio_format, id, keepalive).await
 }
 
 /// Runs a session over any message transport shaped like a WebSocket: the
 /// WebRTC transport feeds decoded microphone audio in as binary frames and
 /// client messages from its data channel, and takes the same frames and
-/// events out. One session pipeline serves every transport.
+/// events out. One session pipeline serves every transport. With
+/// `keepalive`, the client is pinged that often and a client that answers
+/// nothing for two periods is disconnected (WebSocket; the media transports
+/// watch their own connections).
 pub async fn run_over<I, O>(
     mut ws_rx: I,
     mut ws_tx: O,
     state: Arc<AppState>,
     audio_format: AudioFormat,
     id: crate::server::LiveId,
+    keepalive: Option<Duration>,
 ) where
     I: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
     O: futures_util::Sink<Message> + Unpin + Send + 'static,
@@ -191,6 +199,8 @@ pub async fn run_over<I, O>(
         active: BTreeMap::new(),
         sequence: 0,
         last_client_message: now,
+        last_heard: now,
+        keepalive,
         message_rate: crate::rate::Bucket::new(
             state.config.session.max_messages_per_s,
             state.config.session.max_message_burst,
@@ -214,17 +224,27 @@ pub async fn run_over<I, O>(
     state.metrics.sessions_active.dec();
 }
 
+/// One write to the client that takes longer than this means the client
+/// stopped reading (its TCP window is shut): the connection is dropped,
+/// instead of the session's tasks waiting on it for ever.
+const WRITE_STALL: Duration = Duration::from_secs(5);
+
 async fn write_socket<O>(mut ws_tx: O, mut out_rx: mpsc::Receiver<Message>)
 where
     O: futures_util::Sink<Message> + Unpin,
 {
     while let Some(msg) = out_rx.recv().await {
         let closing = matches!(msg, Message::Close(_));
-        if ws_tx.send(msg).await.is_err() || closing {
-            break;
+        match tokio::time::timeout(WRITE_STALL, ws_tx.send(msg)).await {
+            Ok(Ok(())) if !closing => {}
+            Ok(Ok(())) | Ok(Err(_)) => break,
+            Err(_) => {
+                tracing::warn!("a write to the client stalled; dropping the connection");
+                return;
+            }
         }
     }
-    let _ = ws_tx.close().await;
+    let _ = tokio::time::timeout(WRITE_STALL, ws_tx.close()).await;
 }
 
 async fn send_controls(
@@ -270,6 +290,7 @@ impl Session {
         let ends_at = Instant::now() + Duration::from_millis(limits.max_duration_ms);
         let shutdown = self.state.shutdown.clone();
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let mut next_ping = self.keepalive.map_or(far, |k| Instant::now() + k);
 
         let reason = loop {
             let now = Instant::now();
@@ -301,6 +322,15 @@ impl Session {
                     self.worker_failed(&format!("no audio for {} ms", stall.as_millis()))
                 }
                 _ = tokio::time::sleep_until(idle_at) => Flow::End("idle_timeout"),
+                _ = tokio::time::sleep_until(next_ping), if self.keepalive.is_some() => {
+                    let every = self.keepalive.unwrap_or_default();
+                    next_ping = Instant::now() + every;
+                    if self.last_heard.elapsed() >= 2 * every {
+                        Flow::End("client_unresponsive")
+                    } else {
+                        self.send_raw(Message::Ping(Default::default()))
+                    }
+                }
                 _ = tokio::time::sleep_until(ends_at) => Flow::End("max_duration"),
             };
             if let Flow::End(reason) = flow {
@@ -354,6 +384,7 @@ impl Session {
     }
 
     fn on_client(&mut self, msg: Message) -> Flow {
+        self.last_heard = Instant::now();
         let limit = self.state.config.transport.websocket.max_message_bytes;
         let decoded = match msg {
             Message::Text(t) => decode_text(t.as_str(), limit),
