@@ -18,7 +18,7 @@ screenshot: deps assets
     scripts/screenshot
 
 # Every test: format, lint, the compose file's schema, unit and integration tests (real voice included), predecessor-client compatibility.
-test: deps assets fmt-check lint compose-check test-rust test-compat
+test: deps assets fmt-check lint compose-check test-rust test-compat fuzz-smoke
 
 # System packages the build needs (espeak-ng for the Piper engine), installed with apt when missing.
 deps:
@@ -72,6 +72,19 @@ test-compat:
 bench *ARGS: deps
     cargo build --release -p duplex-cli -p duplex-worker -p duplex-orchestrator
     cargo run --quiet --release -p duplex-cli --bin duplex -- bench {{ARGS}}
+
+# Fuzz TARGET (ws_text, ws_binary, segmenter, config; all) for SECONDS each; crashes in fuzz/artifacts.
+fuzz TARGET="all" SECONDS="300":
+    scripts/fuzz {{TARGET}} {{SECONDS}}
+
+# The short fuzz run of `just test`: the WebSocket codec and the segmenter, 10 s each.
+fuzz-smoke:
+    scripts/fuzz ci 10
+
+# Soak: MINUTES of conversations on the mock stack; memory, descriptors, tasks and latency over time.
+soak MINUTES="10" *ARGS: deps
+    cargo build --release -p duplex-cli -p duplex-worker -p duplex-orchestrator
+    cargo run --quiet --release -p duplex-cli --bin duplex -- soak --minutes {{MINUTES}} {{ARGS}}
 
 # Benchmark the Piper voice: real-time factor, first audio, concurrent real-time sessions.
 bench-tts *ARGS: deps

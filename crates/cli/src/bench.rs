@@ -66,6 +66,8 @@ pub(crate) struct Stack {
     _children: Vec<Child>,
     pub url: String,
     pub grpc_addr: String,
+    /// The worker's `/metrics` (`host:port`; empty where not known).
+    pub worker_metrics: String,
 }
 
 impl Stack {
@@ -92,6 +94,16 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The body of `GET http://{addr}{path}` (HTTP/1.1, `Connection: close`).
+pub(crate) async fn http_body(addr: &str, path: &str) -> Option<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8(buf).ok()?;
+    Some(text.split_once("\r\n\r\n")?.1.to_string())
+}
+
 async fn http_status(addr: &str, path: &str) -> Option<u16> {
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
@@ -111,7 +123,7 @@ pub(crate) async fn start_stack_with(
     worker_config: Option<&std::path::Path>,
     orchestrator_config: Option<&std::path::Path>,
 ) -> anyhow::Result<Stack> {
-    let (grpc, ws, probes) = (free_port()?, free_port()?, free_port()?);
+    let (grpc, ws, probes, worker_metrics) = (free_port()?, free_port()?, free_port()?, free_port()?);
     // Every benchmark client connects from 127.0.0.1: no per-address limit.
     let quiet = [
         ("LOG_LEVEL", "warn"),
@@ -126,7 +138,7 @@ pub(crate) async fn start_stack_with(
     // A static pair: the registry from our own environment must not apply.
     let worker = worker
         .args(["--port", &grpc.to_string()])
-        .env("WORKER_METRICS_PORT", "0")
+        .env("WORKER_METRICS_PORT", worker_metrics.to_string())
         .env_remove("REDIS_URL")
         .envs(quiet.clone())
         .kill_on_drop(true)
@@ -156,6 +168,7 @@ pub(crate) async fn start_stack_with(
         _children: vec![worker, orchestrator],
         url: format!("ws://{addr}/ws"),
         grpc_addr: format!("127.0.0.1:{grpc}"),
+        worker_metrics: format!("127.0.0.1:{worker_metrics}"),
     })
 }
 
@@ -203,7 +216,12 @@ pub(crate) async fn start_registry_stack(redis_url: &str, prefix: &str, workers:
     }
     // Two resyncs, so the orchestrator's view holds them all.
     tokio::time::sleep(Duration::from_millis(2_100)).await;
-    Ok(Stack { _children: children, url: format!("ws://{addr}/ws"), grpc_addr: String::new() })
+    Ok(Stack {
+        _children: children,
+        url: format!("ws://{addr}/ws"),
+        grpc_addr: String::new(),
+        worker_metrics: String::new(),
+    })
 }
 
 async fn next_within(client: &mut Client, until: Instant) -> anyhow::Result<Option<Event>> {

@@ -20,6 +20,7 @@ pub mod bench_routing;
 pub mod bench_tts;
 pub mod bench_webrtc;
 pub mod client;
+pub mod soak;
 pub mod stats;
 pub mod talk;
 pub mod voice;

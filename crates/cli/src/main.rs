@@ -56,6 +56,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Hold a conversation load on the mock stack for minutes; sample memory, descriptors, tasks, latency.
+    Soak {
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Concurrent conversations (each reconnects every few utterances).
+        #[arg(long, default_value_t = 50)]
+        sessions: usize,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 60)]
+        sample_s: u64,
+    },
     /// Measure the Piper voice: first audio, concurrent real-time sessions, engine overhead.
     BenchTts {
         #[arg(long, default_value = ".cache/assets", env = "DUPLEX_ASSETS")]
@@ -164,6 +175,10 @@ async fn main() -> anyhow::Result<()> {
             let failed: usize = reports.iter().map(|r| r.failed).sum();
             anyhow::ensure!(failed == 0, "{failed} benchmark sessions failed");
             Ok(())
+        }
+        Cmd::Soak { minutes, sessions, sample_s } => {
+            let every = std::time::Duration::from_secs(sample_s.max(1));
+            duplex_cli::soak::run(duplex_cli::soak::SoakArgs { minutes, sessions, sample_every: every }).await
         }
         Cmd::BenchTts { assets, reps, max_sessions } => {
             duplex_cli::bench_tts::run(duplex_cli::bench_tts::TtsBenchArgs { assets, reps, max_sessions }).await

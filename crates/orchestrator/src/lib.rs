@@ -22,7 +22,8 @@ mod link;
 pub mod livekit;
 pub mod metrics;
 pub mod playout;
-pub mod protocol;
+/// The WebSocket protocol (its own crate, so fuzzing it builds nothing else).
+pub use duplex_protocol as protocol;
 pub mod rate;
 pub mod server;
 pub mod session;

@@ -8,6 +8,8 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     pub sessions_active: IntGauge,
+    /// Tokio tasks alive in the process (read at each scrape; the soak watches it).
+    runtime_tasks: IntGauge,
     pub sessions_total: IntCounter,
     pub sessions_rejected: IntCounter,
     pub frames_sent: IntCounter,
@@ -44,6 +46,7 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("duplex".into()), None).expect("valid prefix");
         let sessions_active = IntGauge::new("sessions_active", "WebSocket sessions open now").expect("metric");
+        let runtime_tasks = IntGauge::new("runtime_tasks", "Tokio tasks alive in the process").expect("metric");
         let sessions_total = IntCounter::new("sessions_total", "WebSocket sessions accepted").expect("metric");
         let sessions_rejected =
             IntCounter::new("sessions_rejected_total", "WebSocket sessions refused with BUSY").expect("metric");
@@ -91,6 +94,7 @@ impl Metrics {
         .expect("metric");
         for c in [
             Box::new(sessions_active.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(runtime_tasks.clone()),
             Box::new(sessions_total.clone()),
             Box::new(sessions_rejected.clone()),
             Box::new(frames_sent.clone()),
@@ -112,6 +116,7 @@ impl Metrics {
         Self {
             registry,
             sessions_active,
+            runtime_tasks,
             sessions_total,
             sessions_rejected,
             frames_sent,
@@ -132,6 +137,9 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.runtime_tasks.set(runtime.metrics().num_alive_tasks() as i64);
+        }
         let mut out = Vec::new();
         prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("encode metrics");
         String::from_utf8(out).expect("metrics are UTF-8")

@@ -114,7 +114,8 @@ impl Segmenter {
                 None => finished,
             };
             if c.is_whitespace() {
-                last_space = Some(i);
+                // Just after it: blanks such as U+00A0 and U+0085 are two bytes.
+                last_space = Some(i + c.len_utf8());
             }
             if c == '\n' {
                 return Some((i + 1, true));
@@ -135,7 +136,7 @@ impl Segmenter {
             if end >= MAX_CHUNK_CHARS
                 && let Some(sp) = last_space
             {
-                return Some((sp + 1, false));
+                return Some((sp, false));
             }
         }
         None
@@ -371,6 +372,24 @@ pub fn normalize(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `segmenter` fuzz target: a long run whose last blank is a
+    /// two-byte one (U+0085 here; U+00A0 alike) was cut inside that character.
+    #[test]
+    fn a_long_run_is_cut_after_a_multibyte_blank() {
+        for blank in ['\u{85}', '\u{a0}', '\u{3000}'] {
+            let text = format!("{}{blank}{}", "4".repeat(120), "8".repeat(400));
+            let mut s = Segmenter::new();
+            s.push(&text);
+            let mut chunks = Vec::new();
+            while let Some(c) = s.next_chunk(true) {
+                chunks.push(c);
+            }
+            let said: String = chunks.iter().map(|c| c.text.as_str()).collect();
+            assert_eq!(said.chars().filter(|c| c.is_alphanumeric()).count(), 520, "{blank:?}");
+            assert_eq!(chunks[0].text, "4".repeat(120));
+        }
+    }
 
     fn chunks(parts: &[&str]) -> Vec<(String, bool)> {
         let mut s = Segmenter::new();

@@ -26,6 +26,7 @@ pub struct Metrics {
     /// An utterance's first text received → its first audio frame sent.
     pub first_frame: Histogram,
     sessions_active: IntGauge,
+    runtime_tasks: IntGauge,
     jobs_active: IntGauge,
     models_resident: IntGauge,
     rtf: Gauge,
@@ -50,6 +51,7 @@ impl Metrics {
         )
         .expect("metric");
         let sessions_active = IntGauge::new("sessions_active", "Sessions open on this worker").expect("metric");
+        let runtime_tasks = IntGauge::new("runtime_tasks", "Tokio tasks alive in the process").expect("metric");
         let jobs_active = IntGauge::new("jobs_active", "Utterances being synthesized now").expect("metric");
         let models_resident = IntGauge::new("models_resident", "Models loaded now").expect("metric");
         let rtf = Gauge::new("rtf", "Measured real-time factor (engine time / audio time), worst resident model")
@@ -59,13 +61,24 @@ impl Metrics {
             Box::new(utterances.clone()),
             Box::new(first_frame.clone()),
             Box::new(sessions_active.clone()),
+            Box::new(runtime_tasks.clone()),
             Box::new(jobs_active.clone()),
             Box::new(models_resident.clone()),
             Box::new(rtf.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
-        Self { registry, frames_sent, utterances, first_frame, sessions_active, jobs_active, models_resident, rtf }
+        Self {
+            registry,
+            frames_sent,
+            utterances,
+            first_frame,
+            sessions_active,
+            runtime_tasks,
+            jobs_active,
+            models_resident,
+            rtf,
+        }
     }
 
     /// Utterances ended, all reasons.
@@ -76,6 +89,9 @@ impl Metrics {
     /// The text exposition format, gauges read from `state` now.
     pub fn render(&self, state: &State) -> String {
         self.sessions_active.set(state.sessions.len() as i64);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.runtime_tasks.set(runtime.metrics().num_alive_tasks() as i64);
+        }
         self.jobs_active.set(state.models.active_jobs() as i64);
         self.models_resident.set(state.models.resident().len() as i64);
         self.rtf.set(state.models.rtf());
