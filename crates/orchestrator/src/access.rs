@@ -1,7 +1,9 @@
 //! Who may open a conversation (`access` in the config): nobody is asked by
 //! default; with `mode: api_key` a client shows one of the keys, with
-//! `mode: jwt` an HS256 token signed with the shared secret (expiry, not
-//! before and, when configured, audience checked). The credential comes as
+//! `mode: jwt` a token signed with the shared secret (HS256) or with the
+//! private key whose public half is configured (RS256); expiry, not before
+//! and, when configured, audience checked. The header's `alg` must be the
+//! configured one (no `none`, no HS256 keyed with the public key). The credential comes as
 //! `Authorization: Bearer …` or, for browsers' WebSockets which cannot set
 //! headers, `?token=…`. A browser's `Origin` must be on `allowed_origins`
 //! when that list is set. Keys and the secret come from the environment
@@ -25,6 +27,26 @@ pub enum Mode {
     Jwt,
 }
 
+/// How `jwt` tokens are signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Algorithm {
+    /// HMAC-SHA256 with the shared secret.
+    #[default]
+    Hs256,
+    /// RSA PKCS#1 v1.5 with SHA-256 (2048 to 8192-bit keys), checked with the public key.
+    Rs256,
+}
+
+impl Algorithm {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Hs256 => "HS256",
+            Self::Rs256 => "RS256",
+        }
+    }
+}
+
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessConfig {
@@ -33,6 +55,9 @@ pub struct AccessConfig {
     pub api_keys_env: String,
     /// The variable holding the HS256 secret of `jwt` mode.
     pub jwt_secret_env: String,
+    pub jwt_algorithm: Algorithm,
+    /// PEM public key (`BEGIN PUBLIC KEY`, RSA) that checks RS256 tokens.
+    pub jwt_public_key_file: std::path::PathBuf,
     /// Required `aud` of tokens; empty = not checked.
     pub jwt_audience: String,
     /// Browser origins allowed (`https://app.example`); empty = any.
@@ -41,6 +66,9 @@ pub struct AccessConfig {
     pub api_keys: Vec<String>,
     #[serde(skip)]
     pub jwt_secret: String,
+    /// The RSA public key (PKCS#1 DER) read from `jwt_public_key_file` at start.
+    #[serde(skip)]
+    pub jwt_public_key: Vec<u8>,
 }
 
 impl Default for AccessConfig {
@@ -49,10 +77,13 @@ impl Default for AccessConfig {
             mode: Mode::None,
             api_keys_env: "DUPLEX_API_KEYS".into(),
             jwt_secret_env: "DUPLEX_JWT_SECRET".into(),
+            jwt_algorithm: Algorithm::Hs256,
+            jwt_public_key_file: std::path::PathBuf::new(),
             jwt_audience: String::new(),
             allowed_origins: Vec::new(),
             api_keys: Vec::new(),
             jwt_secret: String::new(),
+            jwt_public_key: Vec::new(),
         }
     }
 }
@@ -64,6 +95,8 @@ impl std::fmt::Debug for AccessConfig {
             .field("mode", &self.mode)
             .field("api_keys", &format!("({} set)", self.api_keys.len()))
             .field("jwt_secret", &if self.jwt_secret.is_empty() { "(unset)" } else { "(set)" })
+            .field("jwt_algorithm", &self.jwt_algorithm)
+            .field("jwt_public_key_file", &self.jwt_public_key_file)
             .field("jwt_audience", &self.jwt_audience)
             .field("allowed_origins", &self.allowed_origins)
             .finish()
@@ -103,10 +136,29 @@ impl AccessConfig {
         }
     }
 
+    /// Reads the RS256 public key (at start; a no-op otherwise or when read).
+    pub fn load_public_key(&mut self) -> Result<(), String> {
+        if self.mode != Mode::Jwt || self.jwt_algorithm != Algorithm::Rs256 || !self.jwt_public_key.is_empty() {
+            return Ok(());
+        }
+        let path = &self.jwt_public_key_file;
+        let pem = std::fs::read(path).map_err(|e| format!("access.jwt_public_key_file {}: {e}", path.display()))?;
+        self.jwt_public_key = rsa_public_key(&pem)
+            .ok_or_else(|| format!("access.jwt_public_key_file {}: not a PEM RSA public key", path.display()))?;
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         match self.mode {
             Mode::ApiKey if self.api_keys.is_empty() => {
                 Err(format!("access.mode is api_key but ${} holds no key", self.api_keys_env))
+            }
+            Mode::Jwt if self.jwt_algorithm == Algorithm::Rs256 => {
+                if self.jwt_public_key_file.as_os_str().is_empty() && self.jwt_public_key.is_empty() {
+                    Err("access.jwt_algorithm is RS256 but access.jwt_public_key_file is not set".into())
+                } else {
+                    Ok(())
+                }
             }
             Mode::Jwt if self.jwt_secret.len() < 32 => {
                 Err(format!("access.mode is jwt but ${} is shorter than 32 bytes", self.jwt_secret_env))
@@ -157,14 +209,27 @@ impl AccessConfig {
             .ok()
             .and_then(|h| serde_json::from_slice(&h).ok())
             .ok_or_else(|| unauthorized("malformed token header"))?;
-        if header["alg"] != "HS256" {
-            return Err(unauthorized("token algorithm must be HS256"));
+        let algorithm = self.jwt_algorithm.name();
+        if header["alg"] != algorithm {
+            return Err(unauthorized(&format!("token algorithm must be {algorithm}")));
         }
         let signature = b64.decode(signature).map_err(|_| unauthorized("malformed token signature"))?;
-        let mut mac = Hmac::<Sha256>::new_from_slice(self.jwt_secret.as_bytes())
-            .map_err(|_| unauthorized("token signing is not configured"))?;
-        mac.update(format!("{head}.{body}").as_bytes());
-        mac.verify_slice(&signature).map_err(|_| unauthorized("token signature is invalid"))?;
+        let signed = format!("{head}.{body}");
+        match self.jwt_algorithm {
+            Algorithm::Hs256 => {
+                let mut mac = Hmac::<Sha256>::new_from_slice(self.jwt_secret.as_bytes())
+                    .map_err(|_| unauthorized("token signing is not configured"))?;
+                mac.update(signed.as_bytes());
+                mac.verify_slice(&signature).map_err(|_| unauthorized("token signature is invalid"))?;
+            }
+            Algorithm::Rs256 => {
+                let key = ring::signature::UnparsedPublicKey::new(
+                    &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                    &self.jwt_public_key,
+                );
+                key.verify(signed.as_bytes(), &signature).map_err(|_| unauthorized("token signature is invalid"))?;
+            }
+        }
         let claims: serde_json::Value = b64
             .decode(body)
             .ok()
@@ -189,6 +254,37 @@ impl AccessConfig {
         }
         Ok(())
     }
+}
+
+/// The PKCS#1 `RSAPublicKey` inside a PEM `PUBLIC KEY` (SubjectPublicKeyInfo),
+/// as ring takes it: the SPKI's BIT STRING, checked to be an RSA key.
+fn rsa_public_key(pem: &[u8]) -> Option<Vec<u8>> {
+    use rustls_pki_types::pem::PemObject;
+    let spki = rustls_pki_types::SubjectPublicKeyInfoDer::from_pem_slice(pem).ok()?;
+    let (tag, spki, _) = der(&spki)?;
+    let (algorithm_tag, algorithm, rest) = der(spki)?;
+    let (oid_tag, oid, _) = der(algorithm)?;
+    let (bits_tag, bits, _) = der(rest)?;
+    // 1.2.840.113549.1.1.1, rsaEncryption.
+    const RSA: [u8; 9] = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+    let ok = tag == 0x30 && algorithm_tag == 0x30 && oid_tag == 0x06 && oid == RSA && bits_tag == 0x03;
+    (ok && bits.first() == Some(&0)).then(|| bits[1..].to_vec())
+}
+
+/// One DER element: tag, contents, and what follows it.
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        (rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize), &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
 }
 
 #[cfg(test)]
@@ -254,6 +350,57 @@ mod tests {
         let none_alg =
             format!("{}.{}.", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#), "e30");
         assert!(a.check(&bearer(&none_alg), None).unwrap_err().message.contains("HS256"));
+    }
+
+    fn rs256(claims: serde_json::Value) -> String {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let head = b64.encode(br#"{"alg":"RS256","typ":"JWT"}"#);
+        let body = b64.encode(claims.to_string());
+        use rustls_pki_types::pem::PemObject;
+        let key =
+            rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(include_bytes!("../testdata/jwt-rs256-test.key"))
+                .unwrap();
+        let pair = ring::signature::RsaKeyPair::from_pkcs8(key.secret_pkcs8_der()).unwrap();
+        let mut signature = vec![0; pair.public().modulus_len()];
+        let rng = ring::rand::SystemRandom::new();
+        let signed = format!("{head}.{body}");
+        pair.sign(&ring::signature::RSA_PKCS1_SHA256, &rng, signed.as_bytes(), &mut signature).unwrap();
+        format!("{signed}.{}", b64.encode(signature))
+    }
+
+    #[test]
+    fn rs256_tokens_are_checked_with_the_public_key_and_no_other_algorithm() {
+        let mut a = AccessConfig {
+            mode: Mode::Jwt,
+            jwt_algorithm: Algorithm::Rs256,
+            jwt_public_key_file: concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/jwt-rs256-test.pub").into(),
+            ..AccessConfig::default()
+        };
+        a.validate().unwrap();
+        a.load_public_key().unwrap();
+        let good = rs256(serde_json::json!({ "exp": now() + 60 }));
+        assert_eq!(a.check(&bearer(&good), None), Ok(()));
+        let expired = rs256(serde_json::json!({ "exp": now() - 1 }));
+        assert!(a.check(&bearer(&expired), None).unwrap_err().message.contains("expired"));
+        // A flipped signature byte, and a claim changed after signing.
+        let mut forged = good.clone().into_bytes();
+        let last = forged.len() - 2;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        assert!(a.check(&bearer(&forged), None).unwrap_err().message.contains("signature"));
+        let (head, rest) = good.split_once('.').unwrap();
+        let sig = rest.split_once('.').unwrap().1;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let other = b64.encode(serde_json::json!({ "exp": now() + 3600, "admin": true }).to_string());
+        assert!(a.check(&bearer(&format!("{head}.{other}.{sig}")), None).unwrap_err().message.contains("signature"));
+        // HS256 keyed with the public key's bytes (algorithm confusion): refused by alg.
+        let pem = std::fs::read_to_string(&a.jwt_public_key_file).unwrap();
+        let confused = jwt(&pem, serde_json::json!({ "exp": now() + 60 }));
+        assert!(a.check(&bearer(&confused), None).unwrap_err().message.contains("RS256"));
+        // Not a public key.
+        a.jwt_public_key.clear();
+        a.jwt_public_key_file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml").into();
+        assert!(a.load_public_key().unwrap_err().contains("not a PEM RSA public key"));
     }
 
     #[test]

@@ -245,9 +245,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
 pub async fn serve(
     main: TcpListener,
     probe: Option<TcpListener>,
-    config: Config,
+    mut config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    config.access.load_public_key().map_err(ConfigError::Invalid)?;
     let metrics = Metrics::new();
     let parts = {
         let (conversation, metrics) = (config.conversation.clone(), metrics.clone());
