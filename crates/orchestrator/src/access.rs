@@ -120,6 +120,12 @@ fn unauthorized(message: &str) -> Denied {
     Denied { status: StatusCode::UNAUTHORIZED, message: message.into() }
 }
 
+/// A short fingerprint of a credential: counted by, never shown.
+fn digest(credential: &str) -> String {
+    use sha2::Digest as _;
+    Sha256::digest(credential.as_bytes())[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Equal without telling by its timing where two strings differ.
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -167,8 +173,10 @@ impl AccessConfig {
         }
     }
 
-    /// Lets the request through or says why not.
-    pub fn check(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<(), Denied> {
+    /// Lets the request through, naming who it is (for per-credential
+    /// limits: a digest of the API key, or the token's `sub`; `None` when
+    /// nobody is asked), or says why not.
+    pub fn check(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Option<String>, Denied> {
         if !self.allowed_origins.is_empty()
             && let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok())
             && !self.allowed_origins.iter().any(|o| o == origin)
@@ -176,7 +184,7 @@ impl AccessConfig {
             return Err(Denied { status: StatusCode::FORBIDDEN, message: format!("origin {origin} is not allowed") });
         }
         if self.mode == Mode::None {
-            return Ok(());
+            return Ok(None);
         }
         let bearer = headers
             .get(header::AUTHORIZATION)
@@ -187,17 +195,22 @@ impl AccessConfig {
             return Err(unauthorized("credentials required: send `Authorization: Bearer <token>` or `?token=<token>`"));
         };
         match self.mode {
-            Mode::None => Ok(()),
+            Mode::None => Ok(None),
             Mode::ApiKey => {
                 // Every key is compared, so the time taken does not say which came close.
                 let matched = self.api_keys.iter().fold(false, |hit, key| hit | same(key, credential));
-                if matched { Ok(()) } else { Err(unauthorized("invalid API key")) }
+                if matched {
+                    Ok(Some(format!("key:{}", digest(credential))))
+                } else {
+                    Err(unauthorized("invalid API key"))
+                }
             }
-            Mode::Jwt => self.check_jwt(credential),
+            Mode::Jwt => self.check_jwt(credential).map(Some),
         }
     }
 
-    fn check_jwt(&self, token: &str) -> Result<(), Denied> {
+    /// The token's subject (`sub`, else a digest of the token) once it is valid.
+    fn check_jwt(&self, token: &str) -> Result<String, Denied> {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let mut parts = token.split('.');
         let (Some(head), Some(body), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
@@ -252,7 +265,10 @@ impl AccessConfig {
                 return Err(unauthorized("token is not for this audience (aud)"));
             }
         }
-        Ok(())
+        Ok(match claims["sub"].as_str() {
+            Some(sub) => format!("sub:{sub}"),
+            None => format!("token:{}", digest(token)),
+        })
     }
 }
 
@@ -379,7 +395,7 @@ mod tests {
         a.validate().unwrap();
         a.load_public_key().unwrap();
         let good = rs256(serde_json::json!({ "exp": now() + 60 }));
-        assert_eq!(a.check(&bearer(&good), None), Ok(()));
+        assert_eq!(a.check(&bearer(&good), None), Ok(Some("token:".to_string() + &digest(&good))));
         let expired = rs256(serde_json::json!({ "exp": now() - 1 }));
         assert!(a.check(&bearer(&expired), None).unwrap_err().message.contains("expired"));
         // A flipped signature byte, and a claim changed after signing.

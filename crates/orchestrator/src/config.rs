@@ -165,6 +165,9 @@ pub struct SessionLimits {
     /// Concurrent WebSocket connections from one IP address; more are
     /// answered 429 (0 = no limit).
     pub max_connections_per_ip: usize,
+    /// Sessions (WebSocket and WebRTC) one credential may hold open at once:
+    /// an API key, or a token's `sub` (0 = no limit; needs `access.mode`).
+    pub max_sessions_per_key: usize,
     /// Client messages other than microphone audio, per second and session
     /// (bursts up to `max_message_burst`); more are refused with RATE_LIMITED.
     pub max_messages_per_s: u32,
@@ -250,6 +253,7 @@ impl Default for SessionLimits {
             max_text_chars: 5_000,
             max_utterance_chars: 10_000,
             max_connections_per_ip: 32,
+            max_sessions_per_key: 0,
             max_messages_per_s: 20,
             max_message_burst: 40,
         }

@@ -100,7 +100,7 @@ struct AccessParams {
 }
 
 fn allowed(state: &AppState, headers: &HeaderMap, token: Option<&str>) -> Result<(), Refused> {
-    state.config.access.check(headers, token).map_err(Refused::Access)
+    state.config.access.check(headers, token).map(|_| ()).map_err(Refused::Access)
 }
 
 #[derive(Debug, Serialize)]

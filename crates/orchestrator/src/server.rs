@@ -51,41 +51,57 @@ pub struct AppState {
     /// The LiveKit rooms our agent is in.
     pub livekit: crate::livekit::Rooms,
     /// Open WebSocket connections per client address.
-    pub per_ip: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    pub per_ip: Counts<std::net::IpAddr>,
+    /// Open sessions per credential (API key or token subject).
+    pub per_key: Counts<String>,
 }
 
-/// One client address's hold on a connection; dropping it gives it back.
+/// Open connections per client address, or sessions per credential.
+pub type Counts<K> = Arc<Mutex<std::collections::HashMap<K, usize>>>;
+
+/// One connection's place under a per-address or per-credential limit;
+/// dropping it gives the place back.
 #[derive(Debug)]
-pub struct IpSlot {
-    ip: std::net::IpAddr,
-    counts: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+pub struct Held<K: std::hash::Hash + Eq + Clone> {
+    key: K,
+    counts: Counts<K>,
 }
 
-impl IpSlot {
-    /// `None` when `ip` already has `limit` connections open (0 = no limit).
-    fn claim(
-        counts: &Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
-        ip: std::net::IpAddr,
-        limit: usize,
-    ) -> Option<Self> {
-        let mut map = counts.lock().expect("per-ip lock");
-        let open = map.entry(ip).or_insert(0);
+impl<K: std::hash::Hash + Eq + Clone> Held<K> {
+    /// `None` when `key` already holds `limit` places (0 = no limit).
+    pub(crate) fn claim(counts: &Counts<K>, key: K, limit: usize) -> Option<Self> {
+        let mut map = counts.lock().expect("limit counts lock");
+        let open = map.entry(key.clone()).or_insert(0);
         if limit > 0 && *open >= limit {
             return None;
         }
         *open += 1;
-        Some(Self { ip, counts: counts.clone() })
+        Some(Self { key, counts: counts.clone() })
     }
 }
 
-impl Drop for IpSlot {
+impl<K: std::hash::Hash + Eq + Clone> Drop for Held<K> {
     fn drop(&mut self) {
-        let mut map = self.counts.lock().expect("per-ip lock");
-        if let Some(open) = map.get_mut(&self.ip) {
+        let mut map = self.counts.lock().expect("limit counts lock");
+        if let Some(open) = map.get_mut(&self.key) {
             *open -= 1;
             if *open == 0 {
-                map.remove(&self.ip);
+                map.remove(&self.key);
             }
+        }
+    }
+}
+
+/// The place of a session under `session.max_sessions_per_key`, or the 429 refusing it.
+pub(crate) fn claim_for_credential(state: &AppState, who: Option<String>) -> Result<Option<Held<String>>, Response> {
+    let limit = state.config.session.max_sessions_per_key;
+    let Some(who) = who.filter(|_| limit > 0) else { return Ok(None) };
+    match Held::claim(&state.per_key, who, limit) {
+        Some(held) => Ok(Some(held)),
+        None => {
+            state.metrics.errors.with_label_values(&[crate::protocol::ErrorCode::Busy.as_str()]).inc();
+            let msg = format!("too many sessions for this credential ({limit} open); close one or retry later");
+            Err((StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "5")], msg).into_response())
         }
     }
 }
@@ -160,10 +176,13 @@ async fn websocket(
     let Ok(upgrade) = upgrade else {
         return crate::web::index();
     };
-    if let Err(denied) = state.config.access.check(&headers, params.token.as_deref()) {
-        state.metrics.errors.with_label_values(&["UNAUTHORIZED"]).inc();
-        return denied.into_response();
-    }
+    let who = match state.config.access.check(&headers, params.token.as_deref()) {
+        Ok(who) => who,
+        Err(denied) => {
+            state.metrics.errors.with_label_values(&["UNAUTHORIZED"]).inc();
+            return denied.into_response();
+        }
+    };
     let hard_limit = state.config.transport.websocket.max_message_bytes * HARD_MESSAGE_LIMIT_FACTOR;
     let format = params.audio_format.unwrap_or_default();
     let id = match params.session_id {
@@ -175,17 +194,21 @@ async fn websocket(
         None => uuid::Uuid::new_v4().to_string(),
     };
     let limit = state.config.session.max_connections_per_ip;
-    let Some(ip_slot) = IpSlot::claim(&state.per_ip, peer.ip(), limit) else {
+    let Some(ip_slot) = Held::claim(&state.per_ip, peer.ip(), limit) else {
         state.metrics.errors.with_label_values(&[crate::protocol::ErrorCode::Busy.as_str()]).inc();
         let msg = format!("too many connections from {} ({limit} open); close one or retry later", peer.ip());
         return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "5")], msg).into_response();
+    };
+    let key_slot = match claim_for_credential(&state, who) {
+        Ok(slot) => slot,
+        Err(refused) => return refused,
     };
     let Some(id) = LiveId::claim(&state.live, id) else {
         return (StatusCode::CONFLICT, "that session is connected now").into_response();
     };
     upgrade.max_message_size(hard_limit).max_frame_size(hard_limit).on_upgrade(move |socket| async move {
         crate::session::run(socket, state, format, id).await;
-        drop(ip_slot);
+        drop((ip_slot, key_slot));
     })
 }
 
@@ -270,6 +293,7 @@ pub async fn serve(
         tasks: TaskTracker::new(),
         livekit: crate::livekit::Rooms::new(&config_livekit),
         per_ip: Arc::default(),
+        per_key: Arc::default(),
     });
     let app = Router::new()
         .route("/", get(websocket))

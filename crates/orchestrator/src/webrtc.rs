@@ -43,9 +43,14 @@ pub async fn offer(
     headers: axum::http::HeaderMap,
     Json(offer): Json<Offer>,
 ) -> Response {
-    if let Err(denied) = state.config.access.check(&headers, params.token.as_deref()) {
-        return denied.into_response();
-    }
+    let who = match state.config.access.check(&headers, params.token.as_deref()) {
+        Ok(who) => who,
+        Err(denied) => return denied.into_response(),
+    };
+    let key_slot = match crate::server::claim_for_credential(&state, who) {
+        Ok(slot) => slot,
+        Err(refused) => return refused,
+    };
     let rtc = &state.config.transport.webrtc;
     if !rtc.enabled {
         return (StatusCode::NOT_FOUND, "WebRTC is off on this server (transport.webrtc.enabled)").into_response();
@@ -69,6 +74,7 @@ pub async fn offer(
     tasks.spawn(async move {
         crate::session::run_over(inbound, outbound, state, AudioFormat::Binary, id, None).await;
         hangup.close().await;
+        drop(key_slot);
     });
     Json(Answer { sdp: answer, session_id }).into_response()
 }

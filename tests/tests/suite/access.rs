@@ -154,3 +154,36 @@ async fn a_message_flood_is_refused_and_the_session_goes_on() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_per_credential_are_limited() {
+    let stack = Stack::start(worker_config(), |c| {
+        c.access =
+            AccessConfig { mode: Mode::ApiKey, api_keys: vec!["key-a".into(), "key-b".into()], ..Default::default() };
+        c.session.max_sessions_per_key = 2;
+    })
+    .await;
+    let ws = stack.url();
+    let open = |key: &str| {
+        let url = format!("{ws}?token={key}");
+        async move {
+            let mut c = duplex_cli::client::Client::connect(&url, AudioFormat::Binary).await.unwrap();
+            c.session_start().await.unwrap();
+            c
+        }
+    };
+    let first = open("key-a").await;
+    let _second = open("key-a").await;
+    let (status, body) = handshake(&format!("{ws}?token=key-a"), &[]).await.unwrap_err();
+    assert_eq!(status, 429);
+    assert!(body.contains("too many sessions for this credential (2 open)"), "{body}");
+    // Another key is counted apart.
+    let _other = open("key-b").await;
+    // A closed session gives its place back.
+    first.close().await;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while handshake(&format!("{ws}?token=key-a"), &[]).await.is_err() {
+        assert!(std::time::Instant::now() < until, "the place came back");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
