@@ -92,16 +92,25 @@ impl<K: std::hash::Hash + Eq + Clone> Drop for Held<K> {
     }
 }
 
-/// The place of a session under `session.max_sessions_per_key`, or the 429 refusing it.
-pub(crate) fn claim_for_credential(state: &AppState, who: Option<String>) -> Result<Option<Held<String>>, Response> {
+/// A session refused by a per-credential limit: 429 with a retry hint.
+#[derive(Debug)]
+pub(crate) struct TooMany(String);
+
+impl IntoResponse for TooMany {
+    fn into_response(self) -> Response {
+        (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "5")], self.0).into_response()
+    }
+}
+
+/// The place of a session under `session.max_sessions_per_key`, or why not.
+pub(crate) fn claim_for_credential(state: &AppState, who: Option<String>) -> Result<Option<Held<String>>, TooMany> {
     let limit = state.config.session.max_sessions_per_key;
     let Some(who) = who.filter(|_| limit > 0) else { return Ok(None) };
     match Held::claim(&state.per_key, who, limit) {
         Some(held) => Ok(Some(held)),
         None => {
             state.metrics.errors.with_label_values(&[crate::protocol::ErrorCode::Busy.as_str()]).inc();
-            let msg = format!("too many sessions for this credential ({limit} open); close one or retry later");
-            Err((StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "5")], msg).into_response())
+            Err(TooMany(format!("too many sessions for this credential ({limit} open); close one or retry later")))
         }
     }
 }
@@ -201,7 +210,7 @@ async fn websocket(
     };
     let key_slot = match claim_for_credential(&state, who) {
         Ok(slot) => slot,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let Some(id) = LiveId::claim(&state.live, id) else {
         return (StatusCode::CONFLICT, "that session is connected now").into_response();

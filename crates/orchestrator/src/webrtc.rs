@@ -49,7 +49,7 @@ pub async fn offer(
     };
     let key_slot = match crate::server::claim_for_credential(&state, who) {
         Ok(slot) => slot,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let rtc = &state.config.transport.webrtc;
     if !rtc.enabled {
