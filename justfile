@@ -18,7 +18,7 @@ screenshot: deps assets
     scripts/screenshot
 
 # Every test: format, lint, the compose file's schema, unit and integration tests (real voice included), predecessor-client compatibility.
-test: deps assets fmt-check lint compose-check test-rust test-compat fuzz-smoke
+test: deps assets fmt-check lint compose-check deny test-rust test-compat fuzz-smoke
 
 # System packages the build needs (espeak-ng for the Piper engine), installed with apt when missing.
 deps:
@@ -72,6 +72,10 @@ test-compat:
 bench *ARGS: deps
     cargo build --release -p duplex-cli -p duplex-worker -p duplex-orchestrator
     cargo run --quiet --release -p duplex-cli --bin duplex -- bench {{ARGS}}
+
+# Supply chain (deny.toml): licences, duplicate versions, sources; advisories where reachable.
+deny:
+    scripts/deny
 
 # Fuzz TARGET (ws_text, ws_binary, segmenter, config; all) for SECONDS each; crashes in fuzz/artifacts.
 fuzz TARGET="all" SECONDS="300":
