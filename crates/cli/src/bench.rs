@@ -129,6 +129,7 @@ pub(crate) async fn start_stack_with(
         ("LOG_LEVEL", "warn"),
         ("MAX_CONCURRENT_SESSIONS", &max_sessions.to_string()),
         ("MAX_CONNECTIONS_PER_IP", "0"),
+        ("MAX_MESSAGES_PER_S_PER_CLIENT", "0"),
     ]
     .map(|(k, v)| (k.to_string(), v.to_string()));
     let mut worker = Process::new(sibling_binary("duplex-worker")?);
@@ -196,6 +197,7 @@ pub(crate) async fn start_registry_stack(redis_url: &str, prefix: &str, workers:
         .args(["--port", &ws.to_string()])
         .env("ORCHESTRATOR_HEALTH_PORT", probes.to_string())
         .env("MAX_CONNECTIONS_PER_IP", "0")
+        .env("MAX_MESSAGES_PER_S_PER_CLIENT", "0")
         .envs(quiet)
         .kill_on_drop(true)
         .spawn()

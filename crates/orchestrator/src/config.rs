@@ -172,6 +172,9 @@ pub struct SessionLimits {
     /// (bursts up to `max_message_burst`); more are refused with RATE_LIMITED.
     pub max_messages_per_s: u32,
     pub max_message_burst: u32,
+    /// The same, summed over every session of one client address, and of
+    /// one credential (bursts of twice it; 0 = no limit).
+    pub max_messages_per_s_per_client: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -256,6 +259,7 @@ impl Default for SessionLimits {
             max_sessions_per_key: 0,
             max_messages_per_s: 20,
             max_message_burst: 40,
+            max_messages_per_s_per_client: 100,
         }
     }
 }
@@ -294,6 +298,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("MAX_CONCURRENT_SESSIONS", "session.max_sessions"),
     ("SESSION_IDLE_TIMEOUT_S", "session.idle_timeout_ms (in seconds)"),
     ("MAX_CONNECTIONS_PER_IP", "session.max_connections_per_ip"),
+    ("MAX_MESSAGES_PER_S_PER_CLIENT", "session.max_messages_per_s_per_client"),
     ("ORT_DYLIB_PATH", "conversation.onnxruntime_library"),
     ("LOG_LEVEL", "log.level"),
     ("LOG_FORMAT", "log.format"),
@@ -345,6 +350,9 @@ impl Config {
         }
         if let Some(v) = env("MAX_CONNECTIONS_PER_IP") {
             self.session.max_connections_per_ip = parsed("MAX_CONNECTIONS_PER_IP", v)?;
+        }
+        if let Some(v) = env("MAX_MESSAGES_PER_S_PER_CLIENT") {
+            self.session.max_messages_per_s_per_client = parsed("MAX_MESSAGES_PER_S_PER_CLIENT", v)?;
         }
         if let Some(v) = env("SESSION_IDLE_TIMEOUT_S") {
             self.session.idle_timeout_ms = parsed::<u64>("SESSION_IDLE_TIMEOUT_S", v)?.saturating_mul(1000);

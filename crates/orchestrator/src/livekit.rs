@@ -197,7 +197,7 @@ async fn send_agent(state: Arc<AppState>, room: String) -> Result<String, Refuse
     let tasks = state.tasks.clone();
     tracing::info!(%room, session = %session_id, "agent in room");
     tasks.spawn(async move {
-        crate::session::run_over(inbound, outbound, state.clone(), AudioFormat::Binary, id, None).await;
+        crate::session::run_over(inbound, outbound, state.clone(), AudioFormat::Binary, id, Default::default()).await;
         ended.cancel();
         let _ = joined.gone.await;
         forget(&state, &room);

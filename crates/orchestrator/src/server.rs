@@ -5,6 +5,8 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+
+use crate::rate::Bucket;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,40 +58,62 @@ pub struct AppState {
     pub per_key: Counts<String>,
 }
 
+/// What one client address or credential holds: its open connections and
+/// the message rate its sessions share.
+#[derive(Debug)]
+pub struct Entry {
+    open: usize,
+    rate: Arc<Mutex<Bucket>>,
+}
+
 /// Open connections per client address, or sessions per credential.
-pub type Counts<K> = Arc<Mutex<std::collections::HashMap<K, usize>>>;
+pub type Counts<K> = Arc<Mutex<std::collections::HashMap<K, Entry>>>;
 
 /// One connection's place under a per-address or per-credential limit;
-/// dropping it gives the place back.
+/// dropping it gives the place back (and the shared rate with the last one).
 #[derive(Debug)]
 pub struct Held<K: std::hash::Hash + Eq + Clone> {
     key: K,
     counts: Counts<K>,
+    rate: Arc<Mutex<Bucket>>,
 }
 
 impl<K: std::hash::Hash + Eq + Clone> Held<K> {
     /// `None` when `key` already holds `limit` places (0 = no limit).
-    pub(crate) fn claim(counts: &Counts<K>, key: K, limit: usize) -> Option<Self> {
+    pub(crate) fn claim(counts: &Counts<K>, key: K, limit: usize, rate: impl FnOnce() -> Bucket) -> Option<Self> {
         let mut map = counts.lock().expect("limit counts lock");
-        let open = map.entry(key.clone()).or_insert(0);
-        if limit > 0 && *open >= limit {
+        let entry = map.entry(key.clone()).or_insert_with(|| Entry { open: 0, rate: Arc::new(Mutex::new(rate())) });
+        if limit > 0 && entry.open >= limit {
             return None;
         }
-        *open += 1;
-        Some(Self { key, counts: counts.clone() })
+        entry.open += 1;
+        Some(Self { key, counts: counts.clone(), rate: entry.rate.clone() })
+    }
+
+    /// The message rate shared by every session of this address or credential.
+    pub(crate) fn rate(&self) -> Arc<Mutex<Bucket>> {
+        self.rate.clone()
     }
 }
 
 impl<K: std::hash::Hash + Eq + Clone> Drop for Held<K> {
     fn drop(&mut self) {
         let mut map = self.counts.lock().expect("limit counts lock");
-        if let Some(open) = map.get_mut(&self.key) {
-            *open -= 1;
-            if *open == 0 {
+        if let Some(entry) = map.get_mut(&self.key) {
+            entry.open -= 1;
+            if entry.open == 0 {
                 map.remove(&self.key);
             }
         }
     }
+}
+
+/// The rate every session of one client (address or credential) shares.
+pub(crate) fn client_rate(state: &AppState) -> Bucket {
+    let per_s = state.config.session.max_messages_per_s_per_client;
+    // 0 = no limit: a bucket that never runs dry.
+    let per_s = if per_s == 0 { u32::MAX } else { per_s };
+    Bucket::new(per_s, per_s.saturating_mul(2), std::time::Instant::now())
 }
 
 /// A session refused by a per-credential limit: 429 with a retry hint.
@@ -105,8 +129,8 @@ impl IntoResponse for TooMany {
 /// The place of a session under `session.max_sessions_per_key`, or why not.
 pub(crate) fn claim_for_credential(state: &AppState, who: Option<String>) -> Result<Option<Held<String>>, TooMany> {
     let limit = state.config.session.max_sessions_per_key;
-    let Some(who) = who.filter(|_| limit > 0) else { return Ok(None) };
-    match Held::claim(&state.per_key, who, limit) {
+    let Some(who) = who else { return Ok(None) };
+    match Held::claim(&state.per_key, who, limit, || client_rate(state)) {
         Some(held) => Ok(Some(held)),
         None => {
             state.metrics.errors.with_label_values(&[crate::protocol::ErrorCode::Busy.as_str()]).inc();
@@ -203,7 +227,7 @@ async fn websocket(
         None => uuid::Uuid::new_v4().to_string(),
     };
     let limit = state.config.session.max_connections_per_ip;
-    let Some(ip_slot) = Held::claim(&state.per_ip, peer.ip(), limit) else {
+    let Some(ip_slot) = Held::claim(&state.per_ip, peer.ip(), limit, || client_rate(&state)) else {
         state.metrics.errors.with_label_values(&[crate::protocol::ErrorCode::Busy.as_str()]).inc();
         let msg = format!("too many connections from {} ({limit} open); close one or retry later", peer.ip());
         return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "5")], msg).into_response();
@@ -216,7 +240,9 @@ async fn websocket(
         return (StatusCode::CONFLICT, "that session is connected now").into_response();
     };
     upgrade.max_message_size(hard_limit).max_frame_size(hard_limit).on_upgrade(move |socket| async move {
-        crate::session::run(socket, state, format, id).await;
+        let mut rates = vec![ip_slot.rate()];
+        rates.extend(key_slot.as_ref().map(Held::rate));
+        crate::session::run(socket, state, format, id, rates).await;
         drop((ip_slot, key_slot));
     })
 }

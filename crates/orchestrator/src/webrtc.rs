@@ -72,7 +72,11 @@ pub async fn offer(
     let (inbound, outbound) = session_io(inbound, outbound, ended);
     let tasks = state.tasks.clone();
     tasks.spawn(async move {
-        crate::session::run_over(inbound, outbound, state, AudioFormat::Binary, id, None).await;
+        let watch = crate::session::Watch {
+            keepalive: None,
+            client_rates: key_slot.as_ref().map(crate::server::Held::rate).into_iter().collect(),
+        };
+        crate::session::run_over(inbound, outbound, state, AudioFormat::Binary, id, watch).await;
         hangup.close().await;
         drop(key_slot);
     });

@@ -187,3 +187,44 @@ async fn sessions_per_credential_are_limited() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// The sessions of one address share a message rate: three sessions, each
+/// under its own limit, are refused together once their sum passes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_of_one_address_share_a_message_rate() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let stack = Stack::start(worker_config(), |c| {
+        c.session.max_messages_per_s = 100;
+        c.session.max_message_burst = 100;
+        c.session.max_messages_per_s_per_client = 10;
+    })
+    .await;
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        sockets.push(tokio_tungstenite::connect_async(stack.url()).await.unwrap().0);
+    }
+    for (n, ws) in sockets.iter_mut().enumerate() {
+        for id in 0..15 {
+            ws.send(Message::Text(format!(r#"{{"type":"ping","id":{}}}"#, n * 100 + id).into())).await.unwrap();
+        }
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    for ws in &mut sockets {
+        let until = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+        while let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout_at(until, ws.next()).await {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            match v["type"].as_str() {
+                Some("pong") => pongs += 1,
+                Some("error") if v["code"] == "RATE_LIMITED" => {
+                    limited += 1;
+                    assert!(v["message"].as_str().unwrap().contains("all sessions together"), "{t}");
+                }
+                _ => {}
+            }
+        }
+    }
+    // 45 messages against a shared burst of 20 (and 10 a second while they came).
+    assert!((20..=28).contains(&pongs), "{pongs} answered");
+    assert_eq!(pongs + limited, 45, "every message answered or refused");
+}

@@ -123,6 +123,7 @@ struct Session {
     /// Anything from the client, pongs included (the keepalive's evidence of life).
     last_heard: Instant,
     keepalive: Option<Duration>,
+    client_rates: Vec<SharedRate>,
     /// Client messages other than microphone audio (which has its own flood check).
     message_rate: crate::rate::Bucket,
     last_worker_frame: Instant,
@@ -132,26 +133,42 @@ struct Session {
 
 /// Runs a session to its end. `audio_format` and `id` come from the connect
 /// URL (a client reconnecting names its earlier session to return to its worker).
-pub async fn run(socket: WebSocket, state: Arc<AppState>, audio_format: AudioFormat, id: crate::server::LiveId) {
+pub async fn run(
+    socket: WebSocket,
+    state: Arc<AppState>,
+    audio_format: AudioFormat,
+    id: crate::server::LiveId,
+    client_rates: Vec<SharedRate>,
+) {
     let (ws_tx, ws_rx) = socket.split();
     let keepalive = Some(Duration::from_millis(state.config.session.keepalive_ms)).filter(|k| !k.is_zero());
-    run_over(ws_rx, ws_tx, state, audio_format, id, keepalive).await
+    run_over(ws_rx, ws_tx, state, audio_format, id, Watch { keepalive, client_rates }).await
+}
+
+/// A message rate several sessions share (one client address's, one credential's).
+pub type SharedRate = Arc<std::sync::Mutex<crate::rate::Bucket>>;
+
+/// What a session watches besides its own limits.
+#[derive(Debug, Default)]
+pub struct Watch {
+    /// Ping the client this often; nothing heard for two periods ends the
+    /// session (WebSocket; the media transports watch their own connections).
+    pub keepalive: Option<Duration>,
+    /// Rates shared with the client's other sessions; each message takes from all.
+    pub client_rates: Vec<SharedRate>,
 }
 
 /// Runs a session over any message transport shaped like a WebSocket: the
 /// WebRTC transport feeds decoded microphone audio in as binary frames and
 /// client messages from its data channel, and takes the same frames and
-/// events out. One session pipeline serves every transport. With
-/// `keepalive`, the client is pinged that often and a client that answers
-/// nothing for two periods is disconnected (WebSocket; the media transports
-/// watch their own connections).
+/// events out. One session pipeline serves every transport.
 pub async fn run_over<I, O>(
     mut ws_rx: I,
     mut ws_tx: O,
     state: Arc<AppState>,
     audio_format: AudioFormat,
     id: crate::server::LiveId,
-    keepalive: Option<Duration>,
+    watch: Watch,
 ) where
     I: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
     O: futures_util::Sink<Message> + Unpin + Send + 'static,
@@ -200,7 +217,8 @@ pub async fn run_over<I, O>(
         sequence: 0,
         last_client_message: now,
         last_heard: now,
-        keepalive,
+        keepalive: watch.keepalive,
+        client_rates: watch.client_rates,
         message_rate: crate::rate::Bucket::new(
             state.config.session.max_messages_per_s,
             state.config.session.max_message_burst,
@@ -394,11 +412,19 @@ impl Session {
         };
         self.last_client_message = Instant::now();
         let audio = matches!(decoded, Ok(ClientMessage::Mic { .. } | ClientMessage::AudioIn { .. }));
-        if !audio && !self.message_rate.take(self.last_client_message.into_std()) {
+        let now = self.last_client_message.into_std();
+        if !audio && !self.message_rate.take(now) {
             let s = &self.state.config.session;
             let msg = format!(
                 "more than {} messages a second (bursts of {}); this one was dropped",
                 s.max_messages_per_s, s.max_message_burst
+            );
+            return self.error(ErrorCode::RateLimited, msg);
+        }
+        if !audio && !self.client_rates.iter().all(|r| r.lock().expect("client rate lock").take(now)) {
+            let per_s = self.state.config.session.max_messages_per_s_per_client;
+            let msg = format!(
+                "more than {per_s} messages a second from your address or credential, all sessions together; this one was dropped"
             );
             return self.error(ErrorCode::RateLimited, msg);
         }
