@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use duplex_cli::client::{Client, Event};
-use duplex_orchestrator::protocol::{AudioFormat, ServerMessage};
+use duplex_orchestrator::protocol::{AudioFormat, EndReason, ServerMessage};
 use duplex_proto::TtsServiceClient;
 use duplex_tts::mock::MockConfig;
 use duplex_worker::engines::EngineConfig;
@@ -98,6 +98,17 @@ pub struct Heard {
 impl Heard {
     pub fn sequences_contiguous(&self) -> bool {
         self.frames.windows(2).all(|w| w[1].0 == w[0].0 + 1)
+    }
+
+    /// How each utterance heard so far ended, in order.
+    pub fn end_reasons(&self) -> Vec<EndReason> {
+        self.messages
+            .iter()
+            .filter_map(|m| match m {
+                ServerMessage::UtteranceEnd { reason, .. } => Some(*reason),
+                _ => None,
+            })
+            .collect()
     }
 }
 

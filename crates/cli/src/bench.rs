@@ -94,22 +94,24 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// The body of `GET http://{addr}{path}` (HTTP/1.1, `Connection: close`).
-pub(crate) async fn http_body(addr: &str, path: &str) -> Option<String> {
+/// `GET http://{addr}{path}` (HTTP/1.1, `Connection: close`): status and body.
+async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.ok()?;
     let text = String::from_utf8(buf).ok()?;
-    Some(text.split_once("\r\n\r\n")?.1.to_string())
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((head.split_whitespace().nth(1)?.parse().ok()?, body.to_string()))
+}
+
+/// The body of `GET http://{addr}{path}`.
+pub(crate) async fn http_body(addr: &str, path: &str) -> Option<String> {
+    http_get(addr, path).await.map(|(_, body)| body)
 }
 
 async fn http_status(addr: &str, path: &str) -> Option<u16> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.ok()?;
-    std::str::from_utf8(&buf).ok()?.split_whitespace().nth(1)?.parse().ok()
+    http_get(addr, path).await.map(|(status, _)| status)
 }
 
 /// Starts both services; `worker_config` None = the worker's built-in mock defaults.

@@ -26,6 +26,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 /// Request headers must be in by then (after the TLS handshake, if any).
@@ -80,25 +81,21 @@ pub async fn serve(
                 request
             },
         ));
-        let (watcher, tls) = (graceful.watcher(), tls.clone());
-        match tls {
-            None => {
-                let io = TokioIo::new(FirstByte::new(tcp));
-                let connection = http1.serve_connection_with_upgrades(io, service).into_owned();
-                let connection = watcher.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
-            }
+        let handshake = match &tls {
+            None => None,
             Some(acceptor) => {
                 let Ok(permit) = handshakes.clone().try_acquire_owned() else {
                     tracing::warn!(%peer, "too many TLS handshakes in flight; connection closed");
                     continue;
                 };
-                let (http1, http2) = (http1.clone(), http2.clone());
-                tokio::spawn(async move {
+                Some((acceptor.clone(), permit))
+            }
+        };
+        let (watcher, http1, http2) = (graceful.watcher(), http1.clone(), http2.clone());
+        tokio::spawn(async move {
+            let (io, builder) = match handshake {
+                None => (Either::Left(tcp), http1),
+                Some((acceptor, permit)) => {
                     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -106,15 +103,15 @@ pub async fn serve(
                     };
                     drop(permit);
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let builder = if h2 { http2 } else { http1 };
-                    let io = TokioIo::new(FirstByte::new(stream));
-                    let connection = builder.serve_connection_with_upgrades(io, service).into_owned();
-                    if let Err(e) = watcher.watch(connection).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
+                    (Either::Right(stream), if h2 { http2 } else { http1 })
+                }
+            };
+            let io = TokioIo::new(FirstByte::new(io));
+            let connection = builder.serve_connection_with_upgrades(io, service).into_owned();
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-        }
+        });
     }
     drop(listener);
     graceful.shutdown().await;

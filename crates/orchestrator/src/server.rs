@@ -116,9 +116,17 @@ pub(crate) fn client_rate(state: &AppState) -> Bucket {
     Bucket::new(per_s, per_s.saturating_mul(2), std::time::Instant::now())
 }
 
-/// A session refused by a per-credential limit: 429 with a retry hint.
+/// A connection refused by a per-address or per-credential limit: 429 with a retry hint.
 #[derive(Debug)]
 pub(crate) struct TooMany(String);
+
+impl TooMany {
+    /// Counted as BUSY, like the server-wide session limit.
+    fn new(state: &AppState, message: String) -> Self {
+        state.metrics.errors.with_label_values(&[crate::protocol::ErrorCode::Busy.as_str()]).inc();
+        Self(message)
+    }
+}
 
 impl IntoResponse for TooMany {
     fn into_response(self) -> Response {
@@ -126,17 +134,22 @@ impl IntoResponse for TooMany {
     }
 }
 
+/// The place of a connection under `session.max_connections_per_ip`, or why not.
+fn claim_for_address(state: &AppState, ip: std::net::IpAddr) -> Result<Held<std::net::IpAddr>, TooMany> {
+    let limit = state.config.session.max_connections_per_ip;
+    Held::claim(&state.per_ip, ip, limit, || client_rate(state)).ok_or_else(|| {
+        TooMany::new(state, format!("too many connections from {ip} ({limit} open); close one or retry later"))
+    })
+}
+
 /// The place of a session under `session.max_sessions_per_key`, or why not.
 pub(crate) fn claim_for_credential(state: &AppState, who: Option<String>) -> Result<Option<Held<String>>, TooMany> {
     let limit = state.config.session.max_sessions_per_key;
     let Some(who) = who else { return Ok(None) };
-    match Held::claim(&state.per_key, who, limit, || client_rate(state)) {
-        Some(held) => Ok(Some(held)),
-        None => {
-            state.metrics.errors.with_label_values(&[crate::protocol::ErrorCode::Busy.as_str()]).inc();
-            Err(TooMany(format!("too many sessions for this credential ({limit} open); close one or retry later")))
-        }
-    }
+    let held = Held::claim(&state.per_key, who, limit, || client_rate(state)).ok_or_else(|| {
+        TooMany::new(state, format!("too many sessions for this credential ({limit} open); close one or retry later"))
+    })?;
+    Ok(Some(held))
 }
 
 /// A session id held while its session runs; dropping it frees the id.
@@ -226,11 +239,9 @@ async fn websocket(
         Some(id) => id,
         None => uuid::Uuid::new_v4().to_string(),
     };
-    let limit = state.config.session.max_connections_per_ip;
-    let Some(ip_slot) = Held::claim(&state.per_ip, peer.ip(), limit, || client_rate(&state)) else {
-        state.metrics.errors.with_label_values(&[crate::protocol::ErrorCode::Busy.as_str()]).inc();
-        let msg = format!("too many connections from {} ({limit} open); close one or retry later", peer.ip());
-        return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "5")], msg).into_response();
+    let ip_slot = match claim_for_address(&state, peer.ip()) {
+        Ok(slot) => slot,
+        Err(refused) => return refused.into_response(),
     };
     let key_slot = match claim_for_credential(&state, who) {
         Ok(slot) => slot,

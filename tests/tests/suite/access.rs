@@ -25,6 +25,39 @@ async fn handshake(url: &str, headers: &[(&str, &str)]) -> Result<(), (u16, Stri
     }
 }
 
+/// Retries the handshake until it is accepted (a closed connection's place
+/// comes back once the server has seen it close).
+async fn until_accepted(url: &str, what: &str) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while handshake(url, &[]).await.is_err() {
+        assert!(std::time::Instant::now() < until, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Pongs and RATE_LIMITED refusals read from `ws` within `window`; each
+/// refusal's message must contain `refusal`.
+async fn replies(ws: &mut Socket, window: std::time::Duration, refusal: &str) -> (usize, usize) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut pongs, mut limited) = (0, 0);
+    let until = tokio::time::Instant::now() + window;
+    while let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout_at(until, ws.next()).await {
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        match v["type"].as_str() {
+            Some("pong") => pongs += 1,
+            Some("error") if v["code"] == "RATE_LIMITED" => {
+                limited += 1;
+                assert!(v["message"].as_str().unwrap().contains(refusal), "{t}");
+            }
+            _ => {}
+        }
+    }
+    (pongs, limited)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_guard_the_conversation_endpoints() {
     let stack = Stack::start(worker_config(), |c| {
@@ -105,11 +138,7 @@ async fn connections_from_one_address_are_limited() {
     assert!(body.contains("too many connections from 127.0.0.1 (2 open)"), "{body}");
     // Closing one gives its place back.
     drop(first);
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while handshake(&ws, &[]).await.is_err() {
-        assert!(std::time::Instant::now() < until, "the closed connection's place came back");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    until_accepted(&ws, "the closed connection's place came back").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,19 +154,8 @@ async fn a_message_flood_is_refused_and_the_session_goes_on() {
     for id in 0..60 {
         ws.send(Message::Text(format!(r#"{{"type":"ping","id":{id}}}"#).into())).await.unwrap();
     }
-    let (mut pongs, mut limited) = (0, 0);
-    let until = tokio::time::Instant::now() + std::time::Duration::from_millis(800);
-    while let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout_at(until, ws.next()).await {
-        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-        match v["type"].as_str() {
-            Some("pong") => pongs += 1,
-            Some("error") if v["code"] == "RATE_LIMITED" => {
-                limited += 1;
-                assert!(v["message"].as_str().unwrap().contains("more than 10 messages a second"));
-            }
-            _ => {}
-        }
-    }
+    let window = std::time::Duration::from_millis(800);
+    let (pongs, limited) = replies(&mut ws, window, "more than 10 messages a second").await;
     assert!((20..=30).contains(&pongs), "{pongs} answered: the burst and what refilled");
     assert_eq!(pongs + limited, 60, "every message answered or refused");
     // The session is still there once the rate allows.
@@ -181,18 +199,14 @@ async fn sessions_per_credential_are_limited() {
     let _other = open("key-b").await;
     // A closed session gives its place back.
     first.close().await;
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while handshake(&format!("{ws}?token=key-a"), &[]).await.is_err() {
-        assert!(std::time::Instant::now() < until, "the place came back");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    until_accepted(&format!("{ws}?token=key-a"), "the place came back").await;
 }
 
 /// The sessions of one address share a message rate: three sessions, each
 /// under its own limit, are refused together once their sum passes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_of_one_address_share_a_message_rate() {
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
     let stack = Stack::start(worker_config(), |c| {
         c.session.max_messages_per_s = 100;
@@ -211,18 +225,9 @@ async fn sessions_of_one_address_share_a_message_rate() {
     }
     let (mut pongs, mut limited) = (0, 0);
     for ws in &mut sockets {
-        let until = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
-        while let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout_at(until, ws.next()).await {
-            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-            match v["type"].as_str() {
-                Some("pong") => pongs += 1,
-                Some("error") if v["code"] == "RATE_LIMITED" => {
-                    limited += 1;
-                    assert!(v["message"].as_str().unwrap().contains("all sessions together"), "{t}");
-                }
-                _ => {}
-            }
-        }
+        let window = std::time::Duration::from_millis(500);
+        let (p, l) = replies(ws, window, "all sessions together").await;
+        (pongs, limited) = (pongs + p, limited + l);
     }
     // 45 messages against a shared burst of 20 (and 10 a second while they came).
     assert!((20..=28).contains(&pongs), "{pongs} answered");

@@ -120,15 +120,7 @@ async fn with_no_worker_left_the_utterance_fails_and_the_session_goes_on() {
     let started = Instant::now();
     read_until(&mut c, &mut heard, Duration::from_secs(10), is_error).await;
     let took = started.elapsed();
-    let ends: Vec<EndReason> = heard
-        .messages
-        .iter()
-        .filter_map(|m| match m {
-            ServerMessage::UtteranceEnd { reason, .. } => Some(*reason),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(ends, vec![EndReason::Error]);
+    assert_eq!(heard.end_reasons(), vec![EndReason::Error]);
     let Some(ServerMessage::Error { code, message, .. }) = heard.messages.last() else { unreachable!() };
     assert_eq!(*code, ErrorCode::WorkerUnavailable);
     eprintln!("reported in {took:?}: {message}");

@@ -70,9 +70,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_its_session_freed() {
     other.send_text("Still here.", true).await.unwrap();
     let mut heard = Heard::default();
     read_until(&mut other, &mut heard, Duration::from_secs(20), is_utterance_end).await;
-    assert!(
-        heard.messages.iter().any(|m| matches!(m, ServerMessage::UtteranceEnd { reason: EndReason::Completed, .. }))
-    );
+    assert_eq!(heard.end_reasons(), vec![EndReason::Completed]);
 
     // The reader that stopped: its session ends and is freed while the other stays.
     let took = until_sessions(&stack, 1.0, Duration::from_secs(30)).await;

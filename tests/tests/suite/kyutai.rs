@@ -95,12 +95,18 @@ async fn worker_with(dir: &std::path::Path, tweak: impl FnOnce(&mut duplex_worke
     serve(fixture(dir), tweak).await
 }
 
-async fn serve(model: KyutaiConfig, tweak: impl FnOnce(&mut duplex_worker::Config)) -> duplex_worker::Handle {
+/// A worker whose one (default, preloaded) model is `model`.
+fn serving(model: KyutaiConfig) -> duplex_worker::Config {
     let mut config = worker_config();
-    tweak(&mut config);
     config.models = vec![EngineConfig::Kyutai(model)];
     config.default_model = MODEL.into();
     config.preload = vec![MODEL.into()];
+    config
+}
+
+async fn serve(model: KyutaiConfig, tweak: impl FnOnce(&mut duplex_worker::Config)) -> duplex_worker::Handle {
+    let mut config = serving(model);
+    tweak(&mut config);
     let worker = duplex_worker::spawn(config).await.expect("worker starts");
     wait_serving(&worker.addr.to_string(), Duration::from_secs(60)).await;
     worker
@@ -113,11 +119,7 @@ async fn stop(worker: duplex_worker::Handle) {
 
 /// Why a worker whose default model is `model` does not start.
 async fn load_error(model: KyutaiConfig) -> String {
-    let mut config = worker_config();
-    config.models = vec![EngineConfig::Kyutai(model)];
-    config.default_model = MODEL.into();
-    config.preload = vec![MODEL.into()];
-    let worker = duplex_worker::spawn(config).await.expect("binds");
+    let worker = duplex_worker::spawn(serving(model)).await.expect("binds");
     let ended = tokio::time::timeout(Duration::from_secs(60), worker.join).await.expect("the worker gives up");
     ended.unwrap().expect_err("the load fails").to_string()
 }

@@ -15,15 +15,16 @@ async fn speak(client: &mut Client) -> (EndReason, usize) {
     client.send_text("Hello over an encrypted line.", true).await.unwrap();
     let mut heard = Heard::default();
     read_until(client, &mut heard, Duration::from_secs(20), is_utterance_end).await;
-    let reason = heard
-        .messages
-        .iter()
-        .find_map(|m| match m {
-            ServerMessage::UtteranceEnd { reason, .. } => Some(*reason),
-            _ => None,
-        })
-        .unwrap();
-    (reason, heard.frames.len())
+    (heard.end_reasons()[0], heard.frames.len())
+}
+
+/// A started session over WSS, trusting the test CA (and presenting the
+/// client certificate with `certificate`).
+async fn wss_session(stack: &Stack, pki: &Pki, certificate: bool) -> Client {
+    let tls = Some(pki.rustls_client(certificate));
+    let mut client = Client::connect_with(&wss(stack), AudioFormat::Binary, tls).await.expect("wss");
+    client.session_start().await.unwrap();
+    client
 }
 
 /// A worker requiring mutual TLS on gRPC, and an orchestrator serving WSS
@@ -48,9 +49,7 @@ async fn a_session_runs_over_wss_and_mutual_tls_grpc() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
     let stack = stack(&pki, true, pki.client(true), false).await;
-    let mut client =
-        Client::connect_with(&wss(&stack), AudioFormat::Binary, Some(pki.rustls_client(false))).await.expect("wss");
-    client.session_start().await.unwrap();
+    let mut client = wss_session(&stack, &pki, false).await;
     let (reason, frames) = speak(&mut client).await;
     assert_eq!(reason, EndReason::Completed);
     assert!(frames > 10, "{frames} frames");
@@ -72,9 +71,7 @@ async fn wss_with_client_certificates_refuses_clients_without_one() {
     let stack = stack(&pki, false, pki.client(false), true).await;
     let refused = Client::connect_with(&wss(&stack), AudioFormat::Binary, Some(pki.rustls_client(false))).await;
     assert!(refused.is_err(), "no client certificate: refused");
-    let mut client =
-        Client::connect_with(&wss(&stack), AudioFormat::Binary, Some(pki.rustls_client(true))).await.expect("mtls");
-    client.session_start().await.unwrap();
+    let mut client = wss_session(&stack, &pki, true).await;
     assert_eq!(speak(&mut client).await.0, EndReason::Completed);
 }
 
@@ -84,9 +81,7 @@ async fn a_worker_requiring_mutual_tls_refuses_plain_and_certificate_less_client
     let pki = Pki::new(dir.path());
     // The orchestrator trusts the worker's CA but has no client certificate.
     let stack = stack(&pki, true, pki.client(false), false).await;
-    let mut client =
-        Client::connect_with(&wss(&stack), AudioFormat::Binary, Some(pki.rustls_client(false))).await.expect("wss");
-    client.session_start().await.unwrap();
+    let mut client = wss_session(&stack, &pki, false).await;
     client.send_text("Nobody will say this.", true).await.unwrap();
     let mut heard = Heard::default();
     read_until(&mut client, &mut heard, Duration::from_secs(20), |e| {
