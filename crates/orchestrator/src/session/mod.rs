@@ -7,24 +7,29 @@
 //! task owns the socket's send half, and a control task sends the worker its
 //! PAUSE/RESUME/STOP in order without blocking the loop.
 //!
-//! When the worker fails mid-utterance, `resume` moves what it had not yet
-//! said to another worker.
+//! `connection` starts a session over a socket (the writer and control
+//! tasks, admission); `text` takes the client's text to the worker; when the
+//! worker fails mid-utterance, `resume` moves what it had not yet said to
+//! another worker.
 
+mod connection;
 mod dialogue;
 mod resume;
+mod text;
+
+pub use connection::{SharedRate, Watch, run, run_over};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message};
 use base64::Engine as _;
 use duplex_audio::{FRAME_MS, SAMPLE_RATE_HZ};
-use duplex_proto::tts::{self, AudioFrame, ControlCommand, TextChunk};
-use futures_util::{SinkExt, StreamExt};
+use duplex_proto::tts::{self, AudioFrame, ControlCommand};
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use crate::link::{Link, LinkEvent, link_event};
 use crate::playout::{Entry, Playout};
@@ -33,7 +38,7 @@ use crate::protocol::{
     encode_binary_audio,
 };
 use crate::server::AppState;
-use crate::worker::{Route, WorkerError, WorkerRef, WorkerStream};
+use crate::worker::{Route, WorkerRef};
 
 /// Messages queued toward the client socket. Playout releases ~50 a second,
 /// so a full queue means the client stopped reading: the session is closed
@@ -129,152 +134,6 @@ struct Session {
     last_worker_frame: Instant,
     /// The spoken conversation, from the first microphone audio on.
     dialogue: Option<dialogue::Dialogue>,
-}
-
-/// Runs a session to its end. `audio_format` and `id` come from the connect
-/// URL (a client reconnecting names its earlier session to return to its worker).
-pub async fn run(
-    socket: WebSocket,
-    state: Arc<AppState>,
-    audio_format: AudioFormat,
-    id: crate::server::LiveId,
-    client_rates: Vec<SharedRate>,
-) {
-    let (ws_tx, ws_rx) = socket.split();
-    let keepalive = Some(Duration::from_millis(state.config.session.keepalive_ms)).filter(|k| !k.is_zero());
-    run_over(ws_rx, ws_tx, state, audio_format, id, Watch { keepalive, client_rates }).await
-}
-
-/// A message rate several sessions share (one client address's, one credential's).
-pub type SharedRate = Arc<std::sync::Mutex<crate::rate::Bucket>>;
-
-/// What a session watches besides its own limits.
-#[derive(Debug, Default)]
-pub struct Watch {
-    /// Ping the client this often; nothing heard for two periods ends the
-    /// session (WebSocket; the media transports watch their own connections).
-    pub keepalive: Option<Duration>,
-    /// Rates shared with the client's other sessions; each message takes from all.
-    pub client_rates: Vec<SharedRate>,
-}
-
-/// Runs a session over any message transport shaped like a WebSocket: the
-/// WebRTC transport feeds decoded microphone audio in as binary frames and
-/// client messages from its data channel, and takes the same frames and
-/// events out. One session pipeline serves every transport.
-pub async fn run_over<I, O>(
-    mut ws_rx: I,
-    mut ws_tx: O,
-    state: Arc<AppState>,
-    audio_format: AudioFormat,
-    id: crate::server::LiveId,
-    watch: Watch,
-) where
-    I: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
-    O: futures_util::Sink<Message> + Unpin + Send + 'static,
-{
-    let Ok(_permit) = state.session_slots.clone().try_acquire_owned() else {
-        state.metrics.sessions_rejected.inc();
-        state.metrics.errors.with_label_values(&[ErrorCode::Busy.as_str()]).inc();
-        let busy = ServerMessage::Error {
-            code: ErrorCode::Busy,
-            message: format!(
-                "server is at capacity ({} sessions); try again shortly",
-                state.config.session.max_sessions
-            ),
-            retry_after_ms: Some(BUSY_RETRY_AFTER_MS),
-        };
-        let _ = ws_tx.send(Message::Text(busy.to_json().into())).await;
-        let close = CloseFrame { code: CLOSE_TRY_AGAIN, reason: "busy".into() };
-        let _ = ws_tx.send(Message::Close(Some(close))).await;
-        return;
-    };
-
-    let span = tracing::info_span!("session", session_id = %id.as_str());
-    state.metrics.sessions_total.inc();
-    state.metrics.sessions_active.inc();
-
-    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let writer = tokio::spawn(write_socket(ws_tx, out_rx).instrument(span.clone()));
-    let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let controls = tokio::spawn(send_controls(state.clone(), id.to_string(), control_rx).instrument(span.clone()));
-
-    let now = Instant::now();
-    let mut session = Session {
-        id: id.to_string(),
-        playout: Playout::new(state.config.playout.queue_frames, state.config.playout.lookahead_frames),
-        state: state.clone(),
-        out_tx,
-        control_tx,
-        audio_format,
-        route: Route::default(),
-        link: Link::Down,
-        last_utterance: 0,
-        open_utterance: None,
-        chunk_sequence: 0,
-        stopped_through: 0,
-        active: BTreeMap::new(),
-        sequence: 0,
-        last_client_message: now,
-        last_heard: now,
-        keepalive: watch.keepalive,
-        client_rates: watch.client_rates,
-        message_rate: crate::rate::Bucket::new(
-            state.config.session.max_messages_per_s,
-            state.config.session.max_message_burst,
-            now.into_std(),
-        ),
-        last_worker_frame: now,
-        dialogue: None,
-    };
-    async {
-        tracing::info!(?audio_format, "session started");
-        let reason = session.run(&mut ws_rx).await;
-        tracing::info!(reason, frames = session.sequence, "session ended");
-        // Frees the worker's session now instead of letting it finish the text.
-        session.end_worker_session();
-    }
-    .instrument(span)
-    .await;
-    drop(session);
-    let _ = controls.await;
-    let _ = writer.await;
-    state.metrics.sessions_active.dec();
-}
-
-/// One write to the client that takes longer than this means the client
-/// stopped reading (its TCP window is shut): the connection is dropped,
-/// instead of the session's tasks waiting on it for ever.
-const WRITE_STALL: Duration = Duration::from_secs(5);
-
-async fn write_socket<O>(mut ws_tx: O, mut out_rx: mpsc::Receiver<Message>)
-where
-    O: futures_util::Sink<Message> + Unpin,
-{
-    while let Some(msg) = out_rx.recv().await {
-        let closing = matches!(msg, Message::Close(_));
-        match tokio::time::timeout(WRITE_STALL, ws_tx.send(msg)).await {
-            Ok(Ok(())) if !closing => {}
-            Ok(Ok(())) | Ok(Err(_)) => break,
-            Err(_) => {
-                tracing::warn!("a write to the client stalled; dropping the connection");
-                return;
-            }
-        }
-    }
-    let _ = tokio::time::timeout(WRITE_STALL, ws_tx.close()).await;
-}
-
-async fn send_controls(
-    state: Arc<AppState>,
-    session_id: String,
-    mut rx: mpsc::Receiver<(ControlCommand, u64, WorkerRef)>,
-) {
-    while let Some((command, utterance_id, worker)) = rx.recv().await {
-        if let Err(e) = state.pool.control(&worker, &session_id, command, utterance_id).await {
-            tracing::debug!(?command, error = %e, "worker control failed");
-        }
-    }
 }
 
 fn end_reason(frame: &AudioFrame) -> EndReason {
@@ -466,165 +325,6 @@ impl Session {
                     tracing::debug!(error = %e, "EndSession failed");
                 }
             });
-        }
-    }
-
-    /// Chooses the session's model and language (a field left out keeps
-    /// its value, `""` clears it); the next stream is opened with them.
-    fn set_route(&mut self, model: Option<String>, language: Option<String>) -> Flow {
-        let printable = |v: &Option<String>| {
-            v.as_ref().is_none_or(|v| v.len() <= MAX_ROUTE_FIELD_BYTES && !v.chars().any(char::is_control))
-        };
-        if !printable(&model) || !printable(&language) {
-            return self.error(ErrorCode::InvalidMessage, "model and language must be short printable ids");
-        }
-        let clear = |v: Option<String>, old: &Option<String>| match v {
-            Some(v) => (!v.is_empty()).then_some(v),
-            None => old.clone(),
-        };
-        let route = Route { model: clear(model, &self.route.model), language: clear(language, &self.route.language) };
-        if route == self.route {
-            return Flow::Continue;
-        }
-        if !self.active.is_empty() {
-            return self.error(
-                ErrorCode::InvalidMessage,
-                "cannot change the model or language while speaking; send STOP first",
-            );
-        }
-        self.route = route;
-        // The worker session was started with the old route: end it.
-        self.end_worker_session();
-        Flow::Continue
-    }
-
-    fn on_text(&mut self, text: String, is_final: bool) -> Flow {
-        let max = self.state.config.session.max_text_chars;
-        let chars = text.chars().count();
-        if chars > max {
-            return self
-                .error(ErrorCode::InvalidMessage, format!("text of {chars} characters exceeds the limit of {max}"));
-        }
-        let max_utterance = self.state.config.session.max_utterance_chars;
-        let so_far = self.open_utterance.and_then(|id| self.active.get(&id)).map_or(0, |u| u.chars);
-        if so_far + chars > max_utterance {
-            return self.error(
-                ErrorCode::InvalidMessage,
-                format!("utterance would reach {} characters, over the limit of {max_utterance}", so_far + chars),
-            );
-        }
-        let (utterance_id, flow) = self.add_text(self.open_utterance, text, is_final, None);
-        self.open_utterance = if is_final { None } else { Some(utterance_id) };
-        flow
-    }
-
-    /// Appends `text` to utterance `into` (`None`: a new one, traced under
-    /// `parent` or else the session) and sends it to the worker; returns the
-    /// utterance's id.
-    fn add_text(
-        &mut self,
-        into: Option<u64>,
-        text: String,
-        is_final: bool,
-        parent: Option<&tracing::Span>,
-    ) -> (u64, Flow) {
-        let chars = text.chars().count();
-        let now = Instant::now();
-        let mut traceparent = String::new();
-        let utterance_id = match into {
-            Some(id) => id,
-            None => {
-                if self.active.is_empty() {
-                    // The stall clock runs only while audio is owed.
-                    self.last_worker_frame = now;
-                }
-                self.last_utterance += 1;
-                let id = self.last_utterance;
-                let span = match parent {
-                    Some(p) => tracing::info_span!(parent: p, "utterance", utterance_id = id),
-                    None => tracing::info_span!("utterance", utterance_id = id),
-                };
-                span.in_scope(|| tracing::debug!(chars, "utterance started"));
-                // The worker's synthesis span is a child of this one.
-                traceparent = duplex_telemetry::propagation::traceparent(&span);
-                self.active.insert(id, Utterance::new(now, span));
-                id
-            }
-        };
-        if let Some(u) = self.active.get_mut(&utterance_id) {
-            u.text.push_str(&text);
-            u.chars += chars;
-            u.text_final = is_final;
-        }
-        self.chunk_sequence += 1;
-        let chunk = TextChunk {
-            session_id: self.id.clone(),
-            text,
-            is_final,
-            sequence_number: self.chunk_sequence,
-            utterance_id,
-            traceparent,
-        };
-        let flow = match &mut self.link {
-            Link::Up(stream) => match stream.text_tx.try_send(chunk) {
-                Ok(()) => Flow::Continue,
-                Err(mpsc::error::TrySendError::Full(_)) => self.worker_failed("worker is not accepting text"),
-                Err(mpsc::error::TrySendError::Closed(_)) => self.worker_failed("worker stream closed"),
-            },
-            // A reply streams in many small pieces: while the stream opens,
-            // pieces of the same utterance join its last chunk.
-            Link::Opening { backlog, .. }
-                if backlog.last().is_some_and(|last| last.utterance_id == chunk.utterance_id && !last.is_final) =>
-            {
-                let last = backlog.last_mut().expect("checked above");
-                last.text.push_str(&chunk.text);
-                last.is_final = chunk.is_final;
-                last.sequence_number = chunk.sequence_number;
-                Flow::Continue
-            }
-            Link::Opening { backlog, .. } if backlog.len() < TEXT_BACKLOG => {
-                backlog.push(chunk);
-                Flow::Continue
-            }
-            Link::Opening { .. } => self.worker_failed("worker is not accepting text"),
-            Link::Down => {
-                self.open_link(chunk, Vec::new());
-                Flow::Continue
-            }
-        };
-        (utterance_id, flow)
-    }
-
-    fn on_opened(&mut self, result: Result<WorkerStream, WorkerError>) -> Flow {
-        let backlog = match std::mem::replace(&mut self.link, Link::Down) {
-            Link::Opening { backlog, .. } => backlog,
-            _ => Vec::new(),
-        };
-        match result {
-            Ok(stream) => {
-                self.last_worker_frame = Instant::now();
-                for chunk in backlog {
-                    // The stream's queue is larger than the backlog: this cannot be full.
-                    if stream.text_tx.try_send(chunk).is_err() {
-                        return self.worker_failed("worker stream closed");
-                    }
-                }
-                self.link = Link::Up(stream);
-                Flow::Continue
-            }
-            Err(e) => {
-                let code = match e {
-                    // Marked down by the pool: the text goes to another worker.
-                    WorkerError::Unreachable { .. } | WorkerError::Timeout { .. } => {
-                        tracing::warn!(error = %e, "worker failed to open the stream");
-                        return self.fail_over(&e.to_string());
-                    }
-                    WorkerError::Busy(_) => ErrorCode::Busy,
-                    WorkerError::Refused(_) => ErrorCode::SynthesisFailed,
-                    WorkerError::NoWorker(_) => ErrorCode::WorkerUnavailable,
-                };
-                self.fail_owed(code, &e.to_string())
-            }
         }
     }
 
